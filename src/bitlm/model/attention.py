@@ -1,0 +1,135 @@
+"""Multi-head self-attention over bit positions, always through ``F.scaled_dot_product_attention``.
+
+Causal (next-bit language modelling) or bidirectional (diffusion denoising), with rotary position
+embeddings, an optional key/value cache for generation, and optional query chunking that bounds
+the score matrix to ``chunk × keys`` for long inputs while giving exactly the same output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bitlm.model.config import ModelConfig
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE: rotate each (even, odd) feature pair of q and k by ``pos · base^(-2i/d)``.
+
+    Attention scores then depend only on relative position, so a model can be run (and later
+    fine-tuned) on contexts longer than it was trained on.
+    """
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[Tensor, Tensor]:
+        """cos and sin tables, each (length, head_dim), for positions start … start+length-1."""
+        positions = torch.arange(start, start + length, device=self.inv_freq.device)
+        angles = torch.outer(positions.float(), self.inv_freq)  # (T, D/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (T, D)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate x (B, H, T, D) by the (cos, sin) tables of ``RotaryEmbedding`` (half-split pairs)."""
+    cos, sin = rope
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of one attention layer for the positions generated so far.
+
+    Pre-allocated to ``max_len`` positions so a decoding step writes in place instead of
+    concatenating (which would copy the whole cache at every bit).
+    """
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device) -> None:
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (B, H, max_len, D)
+        self.values = torch.zeros_like(self.keys)
+        self.length = 0
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, H, T, D) after the cached positions; return all keys and values so far."""
+        end = self.length + k.size(2)
+        if end > self.keys.size(2):
+            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.keys.size(2)}")
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.chunk_size = config.attn_chunk_size
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        causal: bool = True,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rotary(q, rope), apply_rotary(k, rope)  # (B, H, T, D)
+        offset = 0
+        if cache is not None:
+            offset = cache.length
+            k, v = cache.append(k, v)
+        y = self._attend(q, k, v, causal, offset)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, offset: int) -> Tensor:
+        """Attention of queries at absolute positions offset … offset+T-1 over keys 0 … K-1.
+
+        Queries are processed ``chunk_size`` at a time; under causal masking a chunk only needs
+        the keys up to its last query, so the work and memory per chunk are chunk × (offset+end).
+        """
+        T = q.size(2)
+        chunk = self.chunk_size or T
+        dropout_p = self.dropout if self.training else 0.0
+        outputs = []
+        for start in range(0, T, chunk):
+            end = min(start + chunk, T)
+            n_keys = offset + end if causal else k.size(2)
+            mask = _causal_mask(offset + start, end - start, n_keys, q.device) if causal else None
+            outputs.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, start:end],
+                    k[:, :, :n_keys],
+                    v[:, :, :n_keys],
+                    attn_mask=None if mask is True else mask,
+                    is_causal=mask is True,
+                    dropout_p=dropout_p,
+                )
+            )
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+
+def _causal_mask(first_query: int, n_queries: int, n_keys: int, device) -> Tensor | bool | None:
+    """Boolean mask (n_queries, n_keys), True where query ``first_query + i`` may see key j ≤ it.
+
+    Returns ``True`` when the mask is the plain square lower triangle (SDPA's fused ``is_causal``
+    path) and ``None`` when every query sees every key (a single query at the end of the cache).
+    """
+    if first_query == 0 and n_queries == n_keys:
+        return True
+    if first_query + n_queries == n_keys and n_queries == 1:
+        return None
+    query_pos = torch.arange(first_query, first_query + n_queries, device=device)
+    return torch.arange(n_keys, device=device) <= query_pos[:, None]

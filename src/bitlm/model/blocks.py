@@ -1,0 +1,226 @@
+"""Transformer blocks and the two ways of stacking them.
+
+A block is two pre-LayerNorm branches, ``F(x) = Attn(LN(x))`` and ``G(x) = MLP(LN(x))``.
+
+* ``PlainStack``: the standard residual transformer, ``x ← x + F(x); x ← x + G(x)``. Autograd
+  keeps every block's activations for backward, so activation memory grows with depth
+  (optionally traded for compute with ``torch.utils.checkpoint``).
+* ``ReversibleStack``: two-stream additive coupling (RevNet / Reformer)::
+
+      y1 = x1 + F(x2)          x2 = y2 − G(y1)
+      y2 = x2 + G(y1)          x1 = y1 − F(x2)
+
+  The inputs of every block can be recomputed exactly from its outputs, so backward needs only
+  the last block's outputs: activation memory is constant in depth. Dropout masks are replayed by
+  restoring the RNG state captured in forward, so the recomputed branches are bit-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from bitlm.model.attention import KVCache, SelfAttention
+from bitlm.model.config import ModelConfig
+
+Rope = tuple[Tensor, Tensor]
+
+
+class AttentionBranch(nn.Module):
+    """F(x) = SelfAttention(LayerNorm(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.attn = SelfAttention(config)
+
+    def forward(self, x: Tensor, rope: Rope, causal: bool, cache: KVCache | None = None) -> Tensor:
+        return self.attn(self.norm(x), rope, causal, cache)
+
+
+class MLPBranch(nn.Module):
+    """G(x) = W2 · GELU(W1 · LayerNorm(x)), with dropout on the output."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.fc = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(torch.nn.functional.gelu(self.fc(self.norm(x)))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.f = AttentionBranch(config)
+        self.g = MLPBranch(config)
+
+    def forward(self, x: Tensor, rope: Rope, causal: bool, cache: KVCache | None = None) -> Tensor:
+        """Standard residual block."""
+        x = x + self.f(x, rope, causal, cache)
+        return x + self.g(x)
+
+    def couple(
+        self, x1: Tensor, x2: Tensor, rope: Rope, causal: bool, cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Reversible coupling: y1 = x1 + F(x2), y2 = x2 + G(y1)."""
+        y1 = x1 + self.f(x2, rope, causal, cache)
+        return y1, x2 + self.g(y1)
+
+
+class PlainStack(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.checkpointing = config.activation_checkpointing
+
+    def forward(
+        self, x: Tensor, rope: Rope, causal: bool, caches: Sequence[KVCache] | None = None
+    ) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, causal, use_reentrant=False)
+            else:
+                x = block(x, rope, causal, caches[i] if caches else None)
+        return x
+
+
+class ReversibleStack(nn.Module):
+    """Both streams start as the embedding; the output is their mean, (y1 + y2) / 2."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: Rope,
+        causal: bool,
+        caches: Sequence[KVCache] | None = None,
+        memory_efficient: bool = True,
+    ) -> Tensor:
+        """``memory_efficient=False`` runs the same coupling under ordinary autograd (used to check
+        the custom backward); inference and KV-cached decoding always take the plain path."""
+        if memory_efficient and caches is None and torch.is_grad_enabled():
+            params = [p for p in self.parameters() if p.requires_grad]
+            y1, y2 = _ReversibleFunction.apply(x, x, self, rope, causal, *params)
+        else:
+            y1, y2 = x, x
+            for i, block in enumerate(self.blocks):
+                y1, y2 = block.couple(y1, y2, rope, causal, caches[i] if caches else None)
+        return (y1 + y2) / 2
+
+    def invert(self, y1: Tensor, y2: Tensor, rope: Rope, causal: bool) -> tuple[Tensor, Tensor]:
+        """Recover the stack's input streams from its output streams (eval mode, no dropout)."""
+        for block in reversed(self.blocks):
+            x2 = y2 - block.g(y1)
+            y1, y2 = y1 - block.f(x2, rope, causal), x2
+        return y1, y2
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    """Runs the whole coupled stack without storing activations; backward walks it in reverse,
+    reconstructing each block's inputs from its outputs and differentiating one block at a time.
+
+    For a block with outputs (y1, y2) and incoming gradients (dy1, dy2)::
+
+        x2  = y2 − G(y1)            dz  = dy1 + (∂G/∂y1)ᵀ dy2     ∇θ_G = (∂G/∂θ_G)ᵀ dy2
+        x1  = y1 − F(x2)            dx2 = dy2 + (∂F/∂x2)ᵀ dz      ∇θ_F = (∂F/∂θ_F)ᵀ dz
+                                    dx1 = dz
+    """
+
+    @staticmethod
+    def forward(ctx, x1, x2, stack: ReversibleStack, rope: Rope, causal: bool, *params):
+        ctx.stack, ctx.rope, ctx.causal = stack, rope, causal
+        ctx.device_type = x1.device.type
+        ctx.autocast = _autocast_state(ctx.device_type)
+        ctx.rng_states = []
+        replay = stack.training and stack.dropout > 0
+        with torch.no_grad():
+            for block in stack.blocks:
+                f_rng = _rng_state(x1.device) if replay else None
+                x1 = x1 + block.f(x2, rope, causal)
+                g_rng = _rng_state(x1.device) if replay else None
+                x2 = x2 + block.g(x1)
+                ctx.rng_states.append((f_rng, g_rng))
+        ctx.save_for_backward(x1, x2)
+        return x1, x2
+
+    @staticmethod
+    def backward(ctx, dy1, dy2):
+        y1, y2 = ctx.saved_tensors
+        stack: ReversibleStack = ctx.stack
+        grads: dict[nn.Parameter, Tensor] = {}
+        with torch.autocast(ctx.device_type, **ctx.autocast):
+            for block, (f_rng, g_rng) in zip(
+                reversed(stack.blocks), reversed(ctx.rng_states), strict=True
+            ):
+                z = y1.detach().requires_grad_(True)
+                with torch.enable_grad(), _replayed_rng(g_rng, y1.device):
+                    g_out = block.g(z)
+                dz, *g_grads = _vjp(g_out, z, block.g, dy2)
+                dz = dz + dy1
+                x2 = (y2 - g_out).detach().requires_grad_(True)
+                with torch.enable_grad(), _replayed_rng(f_rng, y1.device):
+                    f_out = block.f(x2, ctx.rope, ctx.causal)
+                dx2, *f_grads = _vjp(f_out, x2, block.f, dz)
+                dx2 = dx2 + dy2
+                _accumulate(grads, block.g, g_grads)
+                _accumulate(grads, block.f, f_grads)
+                y1, y2 = (z - f_out).detach(), x2.detach()
+                dy1, dy2 = dz, dx2
+        params = [p for p in stack.parameters() if p.requires_grad]
+        return (dy1, dy2, None, None, None, *(grads.get(p) for p in params))
+
+
+def _vjp(output: Tensor, x: Tensor, branch: nn.Module, grad_output: Tensor) -> list[Tensor]:
+    """Gradients of ``output`` w.r.t. ``x`` and the branch's parameters, given grad_output."""
+    params = [p for p in branch.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(
+        output, [x, *params], grad_output.to(output.dtype), allow_unused=True
+    )
+    return [grads[0].to(x.dtype), *grads[1:]]
+
+
+def _accumulate(grads: dict, branch: nn.Module, branch_grads: Sequence[Tensor | None]) -> None:
+    params = [p for p in branch.parameters() if p.requires_grad]
+    for p, g in zip(params, branch_grads, strict=True):
+        if g is not None:
+            grads[p] = g if p not in grads else grads[p] + g
+
+
+def _autocast_state(device_type: str) -> dict:
+    return {
+        "enabled": torch.is_autocast_enabled(device_type),
+        "dtype": torch.get_autocast_dtype(device_type),
+    }
+
+
+def _rng_state(device: torch.device) -> Tensor:
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
+
+
+@contextlib.contextmanager
+def _replayed_rng(state: Tensor | None, device: torch.device) -> Iterator[None]:
+    """Run the block with the RNG state it saw in forward, leaving the global RNG untouched."""
+    if state is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        yield

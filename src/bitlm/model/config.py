@@ -1,0 +1,99 @@
+"""Every hyper-parameter of a BitTransformerLM, in one validated dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bitlm.bits import FRAME_BITS
+from bitlm.errors import BitLMError
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a bit-native transformer.
+
+    Sequence lengths are counted in bits: one byte is one 9-bit frame, so ``max_seq_len`` must be a
+    multiple of 9 (``max_seq_len // 9`` bytes of context).
+    """
+
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff: int | None = None  # None → 4 · d_model
+    max_seq_len: int = 1152  # bits; 128 bytes
+    dropout: float = 0.0
+    # Two-stream reversible coupling (activations recomputed in backward, memory O(1) in depth);
+    # False gives a standard pre-LayerNorm residual stack.
+    reversible: bool = True
+    # Recompute each block in backward (torch.utils.checkpoint); only meaningful when not reversible.
+    activation_checkpointing: bool = False
+    # Process attention queries in chunks of this many positions (bounds the score matrix to
+    # chunk × keys); None = all at once. The result is identical either way.
+    attn_chunk_size: int | None = None
+    rope_base: float = 10_000.0
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        self._validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def max_bytes(self) -> int:
+        """Context length in bytes (frames)."""
+        return self.max_seq_len // FRAME_BITS
+
+    def _validate(self) -> None:
+        for name in ("d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise BitLMError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise BitLMError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+            )
+        if self.head_dim % 2:
+            raise BitLMError(
+                f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings"
+            )
+        if self.max_seq_len % FRAME_BITS:
+            lower = self.max_seq_len // FRAME_BITS * FRAME_BITS
+            raise BitLMError(
+                f"model.max_seq_len must be a multiple of {FRAME_BITS} (one byte = {FRAME_BITS} bits), "
+                f"got {self.max_seq_len}; try {max(lower, FRAME_BITS)} or {lower + FRAME_BITS}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise BitLMError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_chunk_size is not None and self.attn_chunk_size <= 0:
+            raise BitLMError(
+                f"model.attn_chunk_size must be a positive integer or null, got {self.attn_chunk_size}"
+            )
+        if self.reversible and self.activation_checkpointing:
+            raise BitLMError(
+                "model.activation_checkpointing applies to model.reversible=false only: the "
+                "reversible stack already recomputes its activations in backward"
+            )
+        if self.rope_base <= 1.0:
+            raise BitLMError(f"model.rope_base must be > 1, got {self.rope_base}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Build from a plain mapping (config.json, checkpoint hyper-parameters, Hydra node),
+        rejecting unknown keys with a message that lists the valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known - {"_target_"})
+        if unknown:
+            raise BitLMError(
+                f"unknown model option(s) {unknown}; valid options are {sorted(known)}"
+            )
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,105 @@
+"""BitTransformerLM: a transformer that reads and predicts raw bits in 9-bit parity frames.
+
+Pipeline, for bits (B, L) with L a multiple of 9::
+
+    symbols (B, L)   causal: [START, b0 … b_{L-2}] (shifted right), diffusion: the noisy bits
+      → embedding    E_bit[symbol] + E_frame[t mod 9]        symbols are 0, 1 or MASK (= START)
+      → trunk        n_layers blocks, reversible or plain, RoPE attention
+      → head         LayerNorm → Linear(d_model, 2)
+    logits (B, L, 2)  logits[:, t] is the prediction for bit t
+
+The frame embedding tells every position which bit of its byte it predicts (data bit 0–7 or the
+parity bit), which a flat bit stream could otherwise only infer from counting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from bitlm.bits import FRAME_BITS
+from bitlm.model.attention import KVCache, RotaryEmbedding
+from bitlm.model.blocks import PlainStack, ReversibleStack
+from bitlm.model.config import ModelConfig
+
+MASK = 2
+"""Input symbol for "no bit here": the start-of-context input in causal mode, the masked
+position in diffusion mode."""
+
+
+class BitTransformerLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bit_embedding = nn.Embedding(3, config.d_model)  # 0, 1, MASK
+        self.frame_embedding = nn.Embedding(FRAME_BITS, config.d_model)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_base)
+        self.trunk = ReversibleStack(config) if config.reversible else PlainStack(config)
+        self.norm = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.head = nn.Linear(config.d_model, 2, bias=config.bias)
+        self.apply(self._init_weights)
+        # GPT-2 scaling: each residual branch's output projection shrinks with depth so the
+        # residual stream's variance stays O(1) at initialisation.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, bits: Tensor, *, causal: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Next-bit logits (B, L, 2) for bits (B, L) of 0/1, and a telemetry dict.
+
+        Causal: ``logits[:, t]`` predicts ``bits[:, t]`` from ``bits[:, :t]`` (the input is
+        shifted right behind a START symbol, so every bit of the window, the first included, is
+        predicted). Bidirectional (``causal=False``): ``bits`` may hold MASK symbols and
+        ``logits[:, t]`` predicts the clean bit t from the whole sequence.
+        Telemetry is empty unless a telemetry hook asks for more.
+        """
+        symbols = shift_right(bits) if causal else bits
+        return self.predict(symbols.long(), causal=causal), {}
+
+    def predict(
+        self,
+        symbols: Tensor,
+        *,
+        start: int = 0,
+        causal: bool = True,
+        caches: list[KVCache] | None = None,
+    ) -> Tensor:
+        """Logits (B, T, 2) for input symbols (B, T) at absolute positions start … start+T-1."""
+        T = symbols.size(1)
+        if start + T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + T} bits exceeds max_seq_len={self.config.max_seq_len}"
+            )
+        x = self.embed(symbols, start)  # (B, T, C)
+        h = self.trunk(x, self.rope(start, T), causal, caches)  # (B, T, C)
+        return self.head(self.norm(h))  # (B, T, 2)
+
+    def embed(self, symbols: Tensor, start: int = 0) -> Tensor:
+        frame_pos = torch.arange(start, start + symbols.size(1), device=symbols.device) % FRAME_BITS
+        return self.embed_dropout(self.bit_embedding(symbols) + self.frame_embedding(frame_pos))
+
+    def new_caches(self, batch_size: int) -> list[KVCache]:
+        """Empty key/value caches, one per layer, for ``max_seq_len`` positions."""
+        c = self.config
+        ref = self.head.weight
+        shape = (batch_size, c.n_heads, c.max_seq_len, c.head_dim)
+        return [KVCache(shape, ref.dtype, ref.device) for _ in range(c.n_layers)]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def shift_right(bits: Tensor) -> Tensor:
+    """[b0 … b_{L-1}] → [MASK, b0 … b_{L-2}]: the causal model's input for predicting every bit."""
+    start = torch.full_like(bits[:, :1], MASK)
+    return torch.cat((start, bits[:, :-1]), dim=1)

@@ -28,7 +28,7 @@ class ModelConfig:
     # Two-stream reversible coupling (activations recomputed in backward, memory O(1) in depth);
     # False gives a standard pre-LayerNorm residual stack.
     reversible: bool = True
-    # Recompute each block in backward (torch.utils.checkpoint); only meaningful when not reversible.
+    # Recompute each block in backward (torch.utils.checkpoint); for reversible=False only.
     activation_checkpointing: bool = False
     # Process attention queries in chunks of this many positions (bounds the score matrix to
     # chunk × keys); None = all at once. The result is identical either way.
@@ -57,23 +57,24 @@ class ModelConfig:
                 raise BitLMError(f"model.{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
             raise BitLMError(
-                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+                f"model.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
         if self.head_dim % 2:
             raise BitLMError(
-                f"model.d_model / model.n_heads = {self.head_dim} must be even for rotary embeddings"
+                f"model.d_model / n_heads = {self.head_dim} must be even for rotary embeddings"
             )
         if self.max_seq_len % FRAME_BITS:
             lower = self.max_seq_len // FRAME_BITS * FRAME_BITS
             raise BitLMError(
-                f"model.max_seq_len must be a multiple of {FRAME_BITS} (one byte = {FRAME_BITS} bits), "
+                f"model.max_seq_len must be a multiple of {FRAME_BITS} (one byte = 9 bits), "
                 f"got {self.max_seq_len}; try {max(lower, FRAME_BITS)} or {lower + FRAME_BITS}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise BitLMError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.attn_chunk_size is not None and self.attn_chunk_size <= 0:
+            chunk = self.attn_chunk_size
             raise BitLMError(
-                f"model.attn_chunk_size must be a positive integer or null, got {self.attn_chunk_size}"
+                f"model.attn_chunk_size must be a positive integer or null, got {chunk}"
             )
         if self.reversible and self.activation_checkpointing:
             raise BitLMError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bitlm.bits import DATA_BITS, FRAME_BITS, bits_to_bytes, bytes_to_bits
+from bitlm.bits import DATA_BITS, FRAME_BITS, bits_to_bytes, bytes_to_bits, decode_bits
 from bitlm.model.attention import KVCache
 from bitlm.model.transformer import MASK, BitTransformerLM
 
@@ -66,7 +66,7 @@ class _Decoder:
 
 
 @torch.no_grad()
-def generate(
+def generate_bits(
     model: BitTransformerLM,
     prompt: bytes,
     max_new_bytes: int,
@@ -75,22 +75,31 @@ def generate(
     top_p: float = 1.0,
     stop: bytes | None = None,
     generator: torch.Generator | None = None,
-) -> bytes:
-    """Continue ``prompt`` by up to ``max_new_bytes`` bytes, stopping early once ``stop`` appears
-    (the stop string itself is not returned). An empty prompt starts from the START symbol alone.
+) -> Tensor:
+    """Continue ``prompt`` by up to ``max_new_bytes`` frames; returns the new bits (9·n,) uint8.
+
+    Stops early once the decoded output ends with ``stop`` (whose frames are then dropped). An
+    empty prompt starts from the START symbol alone.
     """
     was_training = model.training
     model.eval()
     device = model.head.weight.device
     decoder = _Decoder(model, bytes_to_bits(prompt).to(device)[None])  # context (1, 9·len)
-    out = bytearray()
+    frames: list[Tensor] = []
+    text = bytearray()
     for _ in range(max_new_bytes):
-        out += bits_to_bytes(_next_frame(decoder, temperature, top_p, generator))
-        if stop and out.endswith(stop):
-            del out[-len(stop) :]
+        frames.append(_next_frame(decoder, temperature, top_p, generator))
+        text += decode_bits(frames[-1], errors="repair")[0]
+        if stop and text.endswith(stop):
+            del frames[len(frames) - len(stop) :]
             break
     model.train(was_training)
-    return bytes(out)
+    return torch.cat(frames) if frames else torch.zeros(0, dtype=torch.uint8)
+
+
+def generate(model: BitTransformerLM, prompt: bytes, max_new_bytes: int, **kwargs) -> bytes:
+    """``generate_bits`` decoded to bytes (strictly: a parity failure would raise)."""
+    return bits_to_bytes(generate_bits(model, prompt, max_new_bytes, **kwargs))
 
 
 def _next_frame(decoder: _Decoder, temperature: float, top_p: float, generator) -> Tensor:

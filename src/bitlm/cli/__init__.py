@@ -1,0 +1,1 @@
+"""Command-line entry points: bitlm-train, bitlm-eval, bitlm-generate (Hydra apps)."""

@@ -1,0 +1,95 @@
+"""What every bitlm command shares: config location, override checking, errors, JSON output.
+
+Contract (scripts rely on it): progress and logs go to stderr; the last line on stdout is one
+JSON object; a user mistake prints ``error: <one line>`` to stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bitlm.errors import BitLMError
+
+Task = Callable[[DictConfig], dict[str, Any]]
+
+
+def config_dir() -> Path:
+    """The Hydra config tree: bundled in the wheel as ``bitlm/configs``, or the repository's
+    top-level ``configs/`` for a source (editable) install."""
+    package = Path(__file__).resolve().parents[1]
+    bundled = package / "configs"
+    return bundled if bundled.is_dir() else package.parents[1] / "configs"
+
+
+def hydra_app(config_name: str, task: Task) -> Callable[[], None]:
+    """Turn ``task(cfg) -> dict`` into a console-script ``main`` honouring the contract."""
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
+    def run(cfg: DictConfig) -> None:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON line
+                result = task(cfg)
+        except (BitLMError, OmegaConfBaseException) as err:
+            fail(str(err))
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+
+    def main() -> None:
+        check_overrides(config_name, sys.argv[1:])
+        run()
+
+    return main
+
+
+def check_overrides(config_name: str, overrides: list[str]) -> None:
+    """Compose the config once before Hydra runs, so an unknown key, a bad value or a missing
+    required option is one line on stderr rather than Hydra's multi-line report. Flags
+    (``--help``, ``--multirun`` …) are left to Hydra."""
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    try:
+        with hydra.initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = hydra.compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(_one_line(err))
+    missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
+    if missing:
+        fail(f"missing required option(s) {', '.join(missing)}: pass them as key=value")
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted names of mandatory values (``???``) still unset, without resolving interpolations
+    (``${hydra:…}`` only resolves inside a running app)."""
+    if isinstance(node, dict):
+        return [m for k, v in node.items() for m in _missing_keys(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if node == "???" else []
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines else type(err).__name__
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; otherwise any torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise BitLMError(f"unknown device {name!r}: use auto, cpu or cuda") from err

@@ -1,0 +1,53 @@
+"""bitlm-eval: bits per byte of a trained model on text files, with gzip -9 as a reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from bitlm.cli.app import hydra_app, pick_device
+from bitlm.data import resolve_paths
+from bitlm.errors import BitLMError
+from bitlm.evaluate import compressor_references, model_bits
+from bitlm.hub import load_model
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score every file; the total bpb weights files by their length (Σ bits / Σ bytes)."""
+    if cfg.batch_size < 1:
+        raise BitLMError(f"batch_size must be a positive integer, got {cfg.batch_size}")
+    if cfg.stride_bytes is not None and cfg.stride_bytes < 1:
+        raise BitLMError(f"stride_bytes must be a positive integer or null, got {cfg.stride_bytes}")
+    model = load_model(cfg.ckpt_path, pick_device(cfg.device))
+    stride = cfg.stride_bytes and min(cfg.stride_bytes, model.config.max_bytes)
+    files = resolve_paths(list(cfg.files))
+    texts = {_display_name(f, files): f.read_bytes() for f in files}
+    bits = {name: model_bits(model, data, stride, cfg.batch_size) for name, data in texts.items()}
+    n_bytes = sum(len(data) for data in texts.values())
+    per_file_refs = {name: compressor_references(data) for name, data in texts.items()}
+    references = {
+        ref: sum(refs[ref] * len(texts[name]) for name, refs in per_file_refs.items()) / n_bytes
+        for ref in next(iter(per_file_refs.values()))
+    }
+    return {
+        "bpb": sum(bits.values()) / n_bytes,
+        "bytes": n_bytes,
+        "files": {name: bits[name] / len(texts[name]) for name in texts},
+        "references": references,
+    }
+
+
+def _display_name(path: Path, files: list[Path]) -> str:
+    """The path relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+main = hydra_app("eval", evaluate)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""BitDataModule: a built-in corpus or the user's text files as batches of bits for Lightning.
+
+Pipeline: source -> :class:`~bitlm.data.ByteStore` (cached uint8 memmap) -> deterministic
+train/validation split (:func:`~bitlm.data.split_segments`) -> byte windows of
+``seq_len / 9`` bytes -> :func:`~bitlm.data.collate_bits` -> uint8 bits ``(B, seq_len)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from bitlm.bits import FRAME_BITS
+from bitlm.data import (
+    ByteStore,
+    TrainWindows,
+    ValWindows,
+    collate_bits,
+    min_bytes_for_split,
+    split_period,
+    split_segments,
+)
+from bitlm.errors import BitLMError
+
+__all__ = ["BitDataModule"]
+
+
+class BitDataModule(L.LightningDataModule):
+    """Batches of ``batch_size`` bit sequences of ``seq_len`` bits (``seq_len / 9`` bytes each).
+
+    Source: ``paths`` (files, directories, globs; see :func:`~bitlm.data.resolve_paths`) when
+    given and non-empty, else the built-in ``corpus``. ``prepare_data`` builds the byte cache
+    (atomically, so ranks cannot see a half-written file); ``setup`` opens it and splits it.
+    Training windows start at every byte offset and are shuffled (Lightning swaps in a
+    ``DistributedSampler`` under DDP); validation windows are fixed and non-overlapping.
+    """
+
+    def __init__(
+        self,
+        corpus: str | None = "pydoc",
+        paths: Sequence[str] | None = None,
+        seq_len: int = 1152,
+        batch_size: int = 16,
+        val_fraction: float = 0.05,
+        split_chunk_bytes: int = 4096,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not paths and not corpus:
+            raise BitLMError(
+                "no training text: set data.corpus (e.g. pydoc) or use data=text "
+                "'data.paths=[a.txt,dir/]'"
+            )
+        self.window_bytes = _window_bytes(seq_len)
+        _check_positive(batch_size=batch_size, split_chunk_bytes=split_chunk_bytes)
+        if num_workers < 0:
+            raise BitLMError(f"num_workers={num_workers} must be >= 0")
+        split_period(val_fraction)  # validates val_fraction
+        if split_chunk_bytes < self.window_bytes:
+            raise BitLMError(
+                f"split_chunk_bytes={split_chunk_bytes} is smaller than one window "
+                f"({self.window_bytes} bytes = seq_len {seq_len} / 9), so no validation window "
+                f"fits: raise data.split_chunk_bytes to at least {self.window_bytes}"
+            )
+        self.store: ByteStore | None = None
+        self.train_set: TrainWindows | None = None
+        self.val_set: ValWindows | None = None
+
+    def _open_store(self) -> ByteStore:
+        """Open the byte cache of the configured source, building it if it is missing."""
+        hp = self.hparams
+        if hp.paths:
+            return ByteStore.from_paths(list(hp.paths), hp.cache_dir)
+        return ByteStore.from_corpus(hp.corpus, hp.cache_dir)
+
+    def prepare_data(self) -> None:
+        """Build the byte cache once per node (Lightning calls this on local rank 0 only)."""
+        self._open_store()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the cache, split it, and build the window datasets (on every rank)."""
+        hp = self.hparams
+        self.store = self._open_store()
+        chunk = self.chunk_bytes(len(self.store))
+        train, val = split_segments(len(self.store), hp.val_fraction, chunk)
+        self.train_set = TrainWindows(self.store, train, self.window_bytes)
+        self.val_set = ValWindows(self.store, val, self.window_bytes)
+        self._check_sizes(chunk)
+
+    def chunk_bytes(self, n_bytes: int) -> int:
+        """Split chunk size: ``split_chunk_bytes``, shrunk for short texts to
+        ``max(window, n_bytes // p)`` so that even a few KB of text gets all ``p`` chunks of the
+        split pattern (and so its validation chunk) instead of being refused."""
+        period = split_period(self.hparams.val_fraction)
+        return max(self.window_bytes, min(self.hparams.split_chunk_bytes, n_bytes // period))
+
+    def _check_sizes(self, chunk: int) -> None:
+        """Refuse text too short for one validation window or one full training batch."""
+        hp = self.hparams
+        n_bytes = len(self.store)
+        needed = min_bytes_for_split(self.window_bytes, hp.val_fraction, chunk)
+        if n_bytes < needed:
+            raise BitLMError(
+                f"the text has {n_bytes} bytes, fewer than the {needed} needed for a training "
+                f"and a validation window of {self.window_bytes} bytes (seq_len={hp.seq_len} "
+                f"bits) with val_fraction={hp.val_fraction}: use more text or a smaller "
+                "model.max_seq_len"
+            )
+        if len(self.train_set) < hp.batch_size:
+            raise BitLMError(
+                f"only {len(self.train_set)} training windows, fewer than "
+                f"batch_size={hp.batch_size}: use more text or a smaller data.batch_size"
+            )
+
+    def train_dataloader(self) -> DataLoader[torch.Tensor]:
+        """Shuffled batches of bits ``(batch_size, seq_len)``; incomplete last batch dropped."""
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader[torch.Tensor]:
+        """The fixed validation windows in order, as bits ``(≤ batch_size, seq_len)``."""
+        return self._loader(self.val_set, train=False)
+
+    def _loader(self, dataset: TrainWindows | ValWindows | None, train: bool) -> DataLoader:
+        """Shuffle and drop the incomplete last batch for training only; pin memory for CUDA."""
+        if dataset is None:
+            raise RuntimeError("BitDataModule.setup() must run before asking for a dataloader")
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            collate_fn=collate_bits,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+        )
+
+
+def _window_bytes(seq_len: int) -> int:
+    """Return ``seq_len / 9``; refuse a ``seq_len`` that is not a positive multiple of 9."""
+    if seq_len > 0 and seq_len % FRAME_BITS == 0:
+        return seq_len // FRAME_BITS
+    below = (seq_len // FRAME_BITS) * FRAME_BITS
+    above = below + FRAME_BITS
+    nearest = f"{below} or {above}" if below > 0 else f"{FRAME_BITS}"
+    raise BitLMError(
+        f"seq_len={seq_len} bits is not a positive multiple of {FRAME_BITS} (one frame per "
+        f"byte): use {nearest} (it follows model.max_seq_len by default)"
+    )
+
+
+def _check_positive(**values: int) -> None:
+    """Raise BitLMError naming the first of ``values`` that is not >= 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise BitLMError(f"{name}={value} must be a positive integer")

@@ -1,0 +1,99 @@
+"""BitLMModule: trains a BitTransformerLM with next-bit cross-entropy under Lightning."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from bitlm.model.config import ModelConfig
+from bitlm.model.transformer import BitTransformerLM
+from bitlm.objective import BitsPerByte, bit_cross_entropy
+
+
+class BitLMModule(L.LightningModule):
+    """Loss, metrics, optimiser and logging around a ``BitTransformerLM``.
+
+    Loss: mean cross-entropy over the data bits (parity targets excluded by default: they are a
+    deterministic function of their frame, so learning them teaches nothing about the text).
+    Logged: ``train/loss``, ``train/bpb``, ``train/lr``, ``val/loss``, ``val/bpb`` (monitored).
+    """
+
+    def __init__(
+        self,
+        model: ModelConfig | Mapping[str, Any],
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        include_parity_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        config = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model)
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = config.to_dict()  # plain dict: checkpoints load with weights_only
+        self.model = BitTransformerLM(config)
+        self.train_bpb = BitsPerByte()
+        self.val_bpb = BitsPerByte()
+
+    def forward(self, bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.model(bits)
+
+    def _shared_step(self, bits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, _ = self.model(bits)
+        return bit_cross_entropy(logits, bits, self.hparams.include_parity_loss)
+
+    def training_step(self, bits: Tensor, batch_idx: int) -> Tensor:
+        loss, ce_bits, n_bytes = self._shared_step(bits)
+        self.train_bpb(ce_bits, n_bytes)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/bpb", self.train_bpb, prog_bar=True)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def validation_step(self, bits: Tensor, batch_idx: int) -> None:
+        loss, ce_bits, n_bytes = self._shared_step(bits)
+        self.val_bpb.update(ce_bits, n_bytes)
+        self.log("val/loss", loss, sync_dist=True)
+        self.log("val/bpb", self.val_bpb, prog_bar=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW (weight decay on matrices only) with linear warmup then cosine decay per step."""
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "set trainer.max_steps or trainer.max_epochs: the LR schedule needs it"
+            )
+        schedule = functools.partial(
+            warmup_cosine,
+            warmup_steps=hp.warmup_steps,
+            total_steps=int(total),
+            min_ratio=hp.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier: ``(step+1)/warmup`` during warmup, then ``min + (1−min)·½(1+cos(π·progress))``
+    where progress runs from 0 after warmup to 1 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

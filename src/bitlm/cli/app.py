@@ -40,8 +40,11 @@ def hydra_app(config_name: str, task: Task) -> Callable[[], None]:
         try:
             with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON line
                 result = task(cfg)
-        except (BitLMError, OmegaConfBaseException) as err:
-            fail(str(err))
+        except Exception as err:
+            user_error = _user_error(err)
+            if user_error is None:
+                raise
+            fail(str(user_error))
         print(json.dumps(result, ensure_ascii=False), flush=True)
 
     def main() -> None:
@@ -65,6 +68,16 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
     missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
     if missing:
         fail(f"missing required option(s) {', '.join(missing)}: pass them as key=value")
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The ``BitLMError`` (or config error) behind ``err``, if any: Hydra's ``instantiate``
+    wraps exceptions raised in constructors, so follow the ``raise … from`` chain."""
+    while err is not None:
+        if isinstance(err, (BitLMError, OmegaConfBaseException)):
+            return err
+        err = err.__cause__
+    return None
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:

@@ -1,0 +1,175 @@
+"""The command-line contract: JSON last line, files written, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bitlm.bits import bits_to_bytes, bytes_to_bits
+from tests.conftest import TINY_TRAIN
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in last, last
+    assert result.stdout.strip() == ""
+
+
+def test_train_writes_checkpoint_export_and_summary(trained_run):
+    run_dir, result = trained_run
+    summary = result.json
+    assert summary["steps"] == 40
+    assert summary["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert (run_dir / "model" / "config.json").is_file()
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert 0 < summary["val_bpb"] < 8.5
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["model"]["d_model"] == 64
+
+
+def test_tensorboard_events_hold_loss_bpb_and_throughput(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = trained_run
+    tags = set()
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/bpb", "train/lr", "val/bpb"} <= tags
+    assert "train/device/items_per_sec" in tags  # bits per second
+
+
+def test_resume_from_last_checkpoint_continues_the_step_count(trained_run, run_cli, tmp_path):
+    import shutil
+
+    run_dir, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.max_steps")]
+    result = run_cli(
+        "train",
+        *overrides,
+        "trainer.max_steps=50",
+        "ckpt_path=last",
+        f"hydra.run.dir={copy}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.json["steps"] == 50
+
+
+@pytest.mark.parametrize("source", ["model", "checkpoints/last.ckpt"])
+def test_eval_reports_bpb_per_file_and_gzip_reference(trained_run, run_cli, english_file, source):
+    run_dir, _ = trained_run
+    result = run_cli(
+        "eval", f"ckpt_path={run_dir / source}", f"files=[{english_file}]", cwd=english_file.parent
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.json
+    assert set(out) == {"bpb", "bytes", "files", "references"}
+    assert out["bytes"] == english_file.stat().st_size
+    assert out["files"] == {"held_out.txt": pytest.approx(out["bpb"])}
+    assert 0 < out["bpb"] < 8.5
+    assert 0 < out["references"]["gzip-9"] < 8
+
+
+def test_eval_same_number_from_checkpoint_and_export(trained_run, run_cli, english_file):
+    run_dir, _ = trained_run
+    results = [
+        run_cli("eval", f"ckpt_path={run_dir / s}", f"files=[{english_file}]", cwd=run_dir)
+        for s in ("model", "checkpoints/last.ckpt")
+    ]
+    assert results[0].json["bpb"] == pytest.approx(results[1].json["bpb"], rel=1e-6)
+
+
+def test_generate_prints_decodable_text(trained_run, run_cli, tmp_path):
+    run_dir, _ = trained_run
+    args = (f"ckpt_path={run_dir / 'model'}", "prompt=Once upon", "max_new_bytes=40", "seed=0")
+    first = run_cli("generate", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = first.json
+    assert out["bytes"] == 40 and out["parity_errors"] == 0
+    assert run_cli("generate", *args, cwd=tmp_path).json == out  # seeded: reproducible
+    encoded = out["text"].encode()
+    assert bits_to_bytes(bytes_to_bits(encoded)) == encoded
+
+
+def test_unknown_override_is_one_line(run_cli, tmp_path):
+    result = run_cli("train", "model.d_modle=3", cwd=tmp_path)
+    assert_user_error(result, "d_modle")
+
+
+def test_max_seq_len_not_multiple_of_9(run_cli, tmp_path):
+    result = run_cli("train", "model=tiny", "model.max_seq_len=100", cwd=tmp_path)
+    assert_user_error(result, "multiple of 9", "99 or 108")
+
+
+def test_training_text_shorter_than_a_window(run_cli, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("far too short")
+    result = run_cli("train", "model=tiny", "data=text", f"data.paths=[{short}]", cwd=tmp_path)
+    assert_user_error(result, "13 bytes", "needed")
+
+
+def test_training_text_missing_file(run_cli, tmp_path):
+    result = run_cli("train", "model=tiny", "data=text", "data.paths=[nope.txt]", cwd=tmp_path)
+    assert_user_error(result, "nope.txt")
+
+
+def test_eval_missing_empty_and_absent_files(trained_run, run_cli, tmp_path):
+    run_dir, _ = trained_run
+    ckpt = f"ckpt_path={run_dir / 'model'}"
+    assert_user_error(run_cli("eval", ckpt, "files=[missing.txt]", cwd=tmp_path), "missing.txt")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    assert_user_error(run_cli("eval", ckpt, "files=[empty.txt]", cwd=tmp_path), "empty")
+    assert_user_error(run_cli("eval", ckpt, cwd=tmp_path), "files")
+
+
+def test_missing_and_corrupt_checkpoints(trained_run, run_cli, english_file, tmp_path):
+    files = f"files=[{english_file}]"
+    missing = run_cli("eval", f"ckpt_path={tmp_path / 'none.ckpt'}", files, cwd=tmp_path)
+    assert_user_error(missing, "not found")
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    assert_user_error(
+        run_cli("eval", f"ckpt_path={corrupt}", files, cwd=tmp_path), "could not read"
+    )
+    run_dir, _ = trained_run
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    assert_user_error(run_cli("generate", f"ckpt_path={truncated}", cwd=tmp_path), "could not read")
+    bad_dir = tmp_path / "export"
+    bad_dir.mkdir()
+    (bad_dir / "config.json").write_text("{not json")
+    (bad_dir / "model.safetensors").write_bytes(b"junk")
+    assert_user_error(run_cli("generate", f"ckpt_path={bad_dir}", cwd=tmp_path), "could not read")
+
+
+def test_resume_without_checkpoint(run_cli, tmp_path):
+    result = run_cli(
+        "train", "model=tiny", "ckpt_path=last", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
+    assert_user_error(result, "not found", "hydra.run.dir")
+
+
+def test_bad_sampling_options(trained_run, run_cli, tmp_path):
+    run_dir, _ = trained_run
+    ckpt = f"ckpt_path={run_dir / 'model'}"
+    assert_user_error(run_cli("generate", ckpt, "top_p=0", cwd=tmp_path), "top_p")
+    assert_user_error(run_cli("generate", ckpt, "max_new_bytes=-1", cwd=tmp_path), "max_new_bytes")
+
+
+def test_export_loads_as_plain_module(trained_run):
+    from bitlm.hub import load_model
+
+    run_dir, _ = trained_run
+    model = load_model(run_dir / "model")
+    logits, _ = model(torch.zeros(1, 18, dtype=torch.long))
+    assert logits.shape == (1, 18, 2)

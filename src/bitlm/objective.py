@@ -61,8 +61,10 @@ class BitsPerByte(Metric):
         )
 
     def update(self, ce_bits: Tensor, n_bytes: Tensor) -> None:
-        self.ce_bits += ce_bits.double()
-        self.n_bytes += n_bytes.double()
+        # out of place: states reset under inference mode (trainer.validate) are inference
+        # tensors, which refuse in-place updates once training resumes
+        self.ce_bits = self.ce_bits + ce_bits.double()
+        self.n_bytes = self.n_bytes + n_bytes.double()
 
     def compute(self) -> Tensor:
         return (self.ce_bits / self.n_bytes).float()

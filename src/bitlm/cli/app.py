@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,12 @@ from omegaconf.errors import OmegaConfBaseException
 from bitlm.errors import BitLMError
 
 Task = Callable[[DictConfig], dict[str, Any]]
+
+# Upstream notices that say nothing to a bitlm user (library internals, not their settings).
+HARMLESS_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\).*",  # torch 2.13 deprecation inside Lightning
+    r".*you need to define a `flops_per_batch`.*",  # ThroughputMonitor: we log bits/s, not MFU
+)
 
 
 def config_dir() -> Path:
@@ -48,6 +55,8 @@ def hydra_app(config_name: str, task: Task) -> Callable[[], None]:
         print(json.dumps(result, ensure_ascii=False), flush=True)
 
     def main() -> None:
+        for pattern in HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
         check_overrides(config_name, sys.argv[1:])
         run()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bitlm.bits import bits_to_bytes, bytes_to_bits
-from tests.conftest import TINY_TRAIN
+from tests.conftest import ENGLISH, TINY_TRAIN
 
 
 def assert_user_error(result, *fragments: str) -> None:
@@ -173,3 +173,42 @@ def test_export_loads_as_plain_module(trained_run):
     model = load_model(run_dir / "model")
     logits, _ = model(torch.zeros(1, 18, dtype=torch.long))
     assert logits.shape == (1, 18, 2)
+
+
+def test_own_text_run_leaves_a_final_loadable_and_resumable_checkpoint(run_cli, tmp_path):
+    """data=text with a single unbracketed path; training stops between validations (step 12,
+    last validation at 10): last.ckpt must still hold step 12, load with weights_only (no
+    config objects pickled in it), evaluate, and resume."""
+    text = tmp_path / "notes.txt"
+    text.write_text(ENGLISH * 20)
+    run_dir = tmp_path / "run"
+    common = (
+        "model=tiny",
+        "data=text",
+        f"data.paths={text}",
+        "data.batch_size=4",
+        "trainer.precision=32-true",
+        "trainer.val_check_interval=5",
+        f"hydra.run.dir={run_dir}",
+    )
+    first = run_cli("train", *common, "trainer.max_steps=12", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 12
+    evaluated = run_cli(
+        "eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"files={text}", cwd=tmp_path
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert evaluated.json["bytes"] == text.stat().st_size
+    resumed = run_cli("train", *common, "trainer.max_steps=15", "ckpt_path=last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.json["steps"] == 15
+
+
+def test_non_text_prompt_and_bad_model_values(trained_run, run_cli, tmp_path):
+    run_dir, _ = trained_run
+    result = run_cli("generate", f"ckpt_path={run_dir / 'model'}", "prompt=true", cwd=tmp_path)
+    assert_user_error(result, "prompt", "quote")
+    assert_user_error(run_cli("train", "model=tiny", "model.dropout=abc", cwd=tmp_path), "dropout")
+    too_long = run_cli("train", "model=tiny", "data.seq_len=576", cwd=tmp_path)
+    assert_user_error(too_long, "data.seq_len=576", "max_seq_len=288")

@@ -31,13 +31,25 @@ def test_cli_group_choice_beats_the_experiment():
     assert cfg.trainer.max_steps == _compose("train").trainer.max_steps
 
 
-@pytest.mark.parametrize("group", ["trainer", "logger", "callbacks", "data", "debug"])
-def test_group_options_compose(group):
+@pytest.mark.parametrize("group", ["logger", "callbacks"])
+def test_logger_and_callback_options_build(group, tmp_path):
     for option in _options(group):
-        overrides = [f"{group}={option}"]
-        if option == "text":
-            overrides.append("data.paths=[a.txt]")
-        assert _compose("train", *overrides) is not None
+        cfg = _compose("train", f"{group}={option}", f"paths.output_dir={tmp_path}")
+        built = [instantiate(node) for node in (cfg[group] or {}).values() if node]
+        assert len(built) == len(cfg[group] or {})
+
+
+@pytest.mark.parametrize("option", ["default", "cpu"])
+def test_trainer_options_build_on_cpu(option, tmp_path):
+    cfg = _compose("train", f"trainer={option}", f"paths.output_dir={tmp_path}")
+    trainer = instantiate(cfg.trainer, precision="32-true", logger=False)
+    assert trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_text_data_and_debug_options_compose():
+    cfg = _compose("train", "data=text", "data.paths=[a.txt]", "debug=fdr")
+    assert cfg.data.paths == ["a.txt"] and cfg.trainer.fast_dev_run is True
+    assert cfg.callbacks.model_checkpoint is None
 
 
 @pytest.mark.parametrize("name", ["eval", "generate"])

@@ -291,9 +291,9 @@ def test_datamodule_short_text_still_gets_a_validation_split(tmp_path: Path) -> 
     assert len(dm.val_set) >= 1 and len(dm.train_set) >= 4
 
 
-@pytest.mark.parametrize(("seq_len", "nearest"), [(1150, "1143 or 1152"), (0, "use 9")])
+@pytest.mark.parametrize(("seq_len", "nearest"), [(1150, "1143 or 1152"), (0, "try 9")])
 def test_datamodule_rejects_seq_len_not_multiple_of_9(seq_len: int, nearest: str) -> None:
-    with pytest.raises(BitLMError, match=f"seq_len={seq_len} .*multiple of 9.*{nearest}"):
+    with pytest.raises(BitLMError, match=f"data.seq_len .*multiple of 9.*got {seq_len}.*{nearest}"):
         BitDataModule(seq_len=seq_len)
 
 

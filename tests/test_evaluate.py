@@ -23,6 +23,7 @@ def test_windows_score_each_byte_once(n, window, stride):
     for start, first in windows:
         assert 0 <= start <= first and start + length <= n
         assert first == end_prev
+        assert first - start >= min(first, window - stride)  # context before the first scored byte
         end_prev = start + length
         scored.extend(range(first, start + length))
     assert scored == list(range(n))
@@ -37,12 +38,33 @@ def test_model_bits_equals_direct_computation_within_one_window():
     assert model_bits(model, data, progress=False) == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_longer_context_never_hurts_an_untrained_model_much_and_totals_add_up():
+def _direct_bits(model, data: bytes) -> float:
+    logits, _ = model(bytes_to_bits(data)[None])
+    return bit_cross_entropy(logits, bytes_to_bits(data)[None])[1].item()
+
+
+def test_model_bits_with_stride_equal_to_window_sums_independent_windows():
     torch.manual_seed(0)
-    model = BitTransformerLM(ModelConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=90))
-    data = bytes(range(256)) * 2
-    total = model_bits(model, data, stride_bytes=5, batch_size=7, progress=False)
-    assert total / len(data) == pytest.approx(8.0, abs=0.5)  # untrained: about a coin flip per bit
+    model = BitTransformerLM(ModelConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=90)).eval()
+    data = bytes(range(256)) * 2  # 512 bytes: 51 windows of 10 bytes, then the last 10 bytes
+    total = model_bits(model, data, stride_bytes=10, batch_size=7, progress=False)
+    expected = sum(_direct_bits(model, data[s : s + 10]) for s in range(0, 510, 10))
+    last = model(bytes_to_bits(data[-10:])[None])[0]
+    expected += bit_cross_entropy(last[:, -18:], bytes_to_bits(data[-2:])[None])[1].item()
+    assert total == pytest.approx(expected, rel=1e-5)
+
+
+def test_model_bits_with_overlap_scores_later_bytes_in_context():
+    torch.manual_seed(0)
+    model = BitTransformerLM(ModelConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=90)).eval()
+    data = b"abcdefghijklmnopqrstuvwxyz"  # windows of 10, stride 5
+    total = model_bits(model, data, stride_bytes=5, progress=False)
+    expected = _direct_bits(model, data[:10])
+    for start, first in [(5, 10), (10, 15), (15, 20), (16, 25)]:
+        logits = model(bytes_to_bits(data[start : start + 10])[None])[0]
+        tail = bytes_to_bits(data[first : start + 10])[None]
+        expected += bit_cross_entropy(logits[:, -tail.size(1) :], tail)[1].item()
+    assert total == pytest.approx(expected, rel=1e-5)
 
 
 def test_gzip_reference():

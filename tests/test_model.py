@@ -25,6 +25,9 @@ def tiny(**overrides) -> ModelConfig:
         (dict(n_layers=0), "n_layers"),
         (dict(dropout=1.5), "dropout"),
         (dict(activation_checkpointing=True), "reversible=false"),
+        (dict(dropout="abc"), "dropout"),
+        (dict(attn_chunk_size=1.5), "attn_chunk_size"),
+        (dict(reversible="yes"), "true or false"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -138,24 +141,37 @@ def test_forward_predicts_each_bit_from_its_prefix_only():
 
 
 def _greedy_uncached(model: BitTransformerLM, prompt: bytes, n_bytes: int) -> bytes:
-    bits = bytes_to_bits(prompt)[None].long()
+    """Greedy decoding by re-running the full forward pass for every bit. The visible context is
+    cut like the cached decoder's: once it fills the window, whole frames are dropped from the
+    front until at most half the window is left."""
+    max_len, keep = model.config.max_seq_len, model.config.max_seq_len // 2
+    context = bytes_to_bits(prompt)[None].long()
+    out = []
     for _ in range(n_bytes):
-        for _ in range(8):
-            probe = torch.cat((bits, torch.zeros(1, 1, dtype=torch.long)), dim=1)
-            logits, _ = model(probe)
-            bits = torch.cat((bits, logits[:, -1:].argmax(-1)), dim=1)
-        parity = bits[:, -8:].sum(1, keepdim=True) % 2
-        bits = torch.cat((bits, parity), dim=1)
-    return bits_to_bytes(bits[0, 9 * len(prompt) :])
+        frame = []
+        for j in range(9):
+            if context.size(1) > max_len - 1:
+                drop = -(-(context.size(1) - keep) // 9) * 9
+                context = context[:, drop:]
+            if j < 8:
+                probe = torch.cat((context, torch.zeros(1, 1, dtype=torch.long)), dim=1)
+                bit = model(probe)[0][:, -1:].argmax(-1)
+            else:
+                bit = torch.stack(frame).sum().reshape(1, 1) % 2
+            frame.append(bit[0, 0])
+            context = torch.cat((context, bit), dim=1)
+        out.append(torch.stack(frame))
+    return bits_to_bytes(torch.cat(out))
 
 
 @pytest.mark.parametrize("reversible", [True, False])
-def test_kv_cache_greedy_generation_matches_uncached(reversible):
+@pytest.mark.parametrize("n_bytes", [10, 40])  # 40 bytes: the 16-byte window is cut 4 times
+def test_kv_cache_greedy_generation_matches_uncached(reversible, n_bytes):
     torch.manual_seed(0)
     model = BitTransformerLM(tiny(n_layers=3, max_seq_len=144, reversible=reversible)).eval()
     with torch.no_grad():
-        expected = _greedy_uncached(model, b"Hi!", 10)
-    assert generate(model, b"Hi!", 10, temperature=0) == expected
+        expected = _greedy_uncached(model, b"Hi!", n_bytes)
+    assert generate(model, b"Hi!", n_bytes, temperature=0) == expected
 
 
 @pytest.mark.parametrize("seed", range(3))

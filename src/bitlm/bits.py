@@ -30,6 +30,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from bitlm.errors import BitLMError
+
 __all__ = [
     "DATA_BITS",
     "FRAME_BITS",
@@ -41,6 +43,7 @@ __all__ = [
     "bytes_to_bits",
     "decode_bits",
     "enforce_parity",
+    "frames_in",
     "parity_error_frames",
     "text_to_bits",
 ]
@@ -49,6 +52,26 @@ FRAME_BITS = 9
 """Bits per frame: 8 data bits + 1 even parity bit."""
 
 DATA_BITS = 8
+
+
+def frames_in(n_bits: int, name: str) -> int:
+    """Bytes in a configured length of ``n_bits`` bits, which must be a positive multiple of 9.
+
+    Raises ``BitLMError`` naming the option ``name`` and the nearest valid lengths.
+    """
+    if isinstance(n_bits, int) and not isinstance(n_bits, bool):
+        if n_bits > 0 and n_bits % FRAME_BITS == 0:
+            return n_bits // FRAME_BITS
+        below = n_bits // FRAME_BITS * FRAME_BITS
+        nearest = f"{below} or {below + FRAME_BITS}" if below > 0 else str(FRAME_BITS)
+    else:
+        nearest = "576"
+    raise BitLMError(
+        f"{name} must be a positive multiple of {FRAME_BITS} (one byte = {FRAME_BITS} bits), "
+        f"got {n_bits!r}; try {nearest}"
+    )
+
+
 """Data bits per frame (one byte), most-significant bit first."""
 
 ParityMode = Literal["strict", "repair", "replace"]

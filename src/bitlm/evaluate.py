@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from bitlm.bits import FRAME_BITS, bytes_to_bits
-from bitlm.model.transformer import BitTransformerLM
+from bitlm.model.transformer import BitTransformerLM, evaluating
 from bitlm.objective import bit_cross_entropy
 
 
@@ -49,26 +49,32 @@ def model_bits(
 ) -> float:
     """Total cross-entropy in bits of ``data``'s data bits under ``model`` (divide by
     ``len(data)`` for bpb). ``stride_bytes`` defaults to half the context."""
-    model.eval()
-    device = model.head.weight.device
     window = model.config.max_bytes
-    stride = stride_bytes or max(1, window // 2)
+    windows = sliding_windows(len(data), window, stride_bytes or max(1, window // 2))
     byte_tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    windows = sliding_windows(len(data), window, stride)
-    total = 0.0
-    batches = range(0, len(windows), batch_size)
-    for i in tqdm(
-        batches, desc="scoring", unit="batch", disable=None if progress else True, file=sys.stderr
-    ):
-        chunk = windows[i : i + batch_size]
-        length = min(window, len(data))
-        bits = torch.stack([bytes_to_bits(byte_tensor[s : s + length]) for s, _ in chunk])
-        logits, _ = model(bits.to(device))
-        total += sum(
-            _scored_bits(logits[j], bits[j].to(device), (first - start) * FRAME_BITS)
-            for j, (start, first) in enumerate(chunk)
-        )
-    return total
+    batches = tqdm(
+        range(0, len(windows), batch_size),
+        desc="scoring",
+        unit="batch",
+        disable=None if progress else True,  # None: only on a terminal
+        file=sys.stderr,
+    )
+    with evaluating(model):
+        return sum(_batch_bits(model, byte_tensor, windows[i : i + batch_size]) for i in batches)
+
+
+def _batch_bits(
+    model: BitTransformerLM, data: torch.Tensor, windows: list[tuple[int, int]]
+) -> float:
+    """Scored cross-entropy bits of a batch of equally long windows ``(start, first_scored)``."""
+    device = model.head.weight.device
+    length = min(model.config.max_bytes, len(data))
+    bits = torch.stack([bytes_to_bits(data[s : s + length]) for s, _ in windows]).to(device)
+    logits, _ = model(bits)
+    return sum(
+        _scored_bits(logits[j], bits[j], (first - start) * FRAME_BITS)
+        for j, (start, first) in enumerate(windows)
+    )
 
 
 def _scored_bits(logits: torch.Tensor, bits: torch.Tensor, first_bit: int) -> float:

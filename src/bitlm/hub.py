@@ -27,10 +27,11 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def save_pretrained(model: BitTransformerLM, directory: str | Path) -> Path:
-    """Write ``directory/{config.json,model.safetensors}`` atomically.
+    """Write ``directory/{config.json,model.safetensors}`` without ever exposing a partial model.
 
-    The files are written into a temporary sibling folder which then replaces ``directory`` in
-    one rename, so a crash never leaves a half-written model where a good one was.
+    The files are written into a temporary sibling folder that is renamed into place; an
+    existing ``directory`` is first renamed aside and deleted only once the new one is in place,
+    so a crash leaves either the old complete model or the new one (possibly beside ``.old``).
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)

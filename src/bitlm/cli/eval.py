@@ -22,8 +22,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise BitLMError(f"stride_bytes must be a positive integer or null, got {cfg.stride_bytes}")
     model = load_model(cfg.ckpt_path, pick_device(cfg.device))
     stride = cfg.stride_bytes and min(cfg.stride_bytes, model.config.max_bytes)
-    files = resolve_paths(list(cfg.files))
-    texts = {_display_name(f, files): f.read_bytes() for f in files}
+    files = resolve_paths([cfg.files] if isinstance(cfg.files, str) else list(cfg.files))
+    texts = {_display_name(f): f.read_bytes() for f in files}
     bits = {name: model_bits(model, data, stride, cfg.batch_size) for name, data in texts.items()}
     n_bytes = sum(len(data) for data in texts.values())
     per_file_refs = {name: compressor_references(data) for name, data in texts.items()}
@@ -39,7 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _display_name(path: Path, files: list[Path]) -> str:
+def _display_name(path: Path) -> str:
     """The path relative to the working directory when it lies below it, else absolute."""
     try:
         return str(path.relative_to(Path.cwd()))

@@ -22,11 +22,11 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     generator = torch.Generator(model.head.weight.device).manual_seed(cfg.seed)
     bits = generate_bits(
         model,
-        str(cfg.prompt).encode(),
+        (cfg.prompt or "").encode(),
         cfg.max_new_bytes,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
-        stop=str(cfg.stop).encode() if cfg.stop else None,
+        stop=cfg.stop.encode() if cfg.stop else None,
         generator=generator,
     )
     data, parity_errors = decode_bits(bits.cpu(), errors="replace")
@@ -38,6 +38,13 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _check_sampling(cfg: DictConfig) -> None:
+    for key in ("prompt", "stop"):
+        value = cfg[key]
+        if value is not None and not isinstance(value, str):
+            raise BitLMError(
+                f"{key}={value!r} was read as a {type(value).__name__}, not text: quote it, "
+                f"e.g. '{key}=\"{value}\"'"
+            )
     if not isinstance(cfg.max_new_bytes, int) or cfg.max_new_bytes < 0:
         raise BitLMError(f"max_new_bytes must be a non-negative integer, got {cfg.max_new_bytes}")
     if cfg.temperature < 0:

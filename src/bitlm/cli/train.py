@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -16,17 +17,30 @@ from bitlm.errors import BitLMError
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Build data, module, callbacks, loggers and trainer from ``cfg``; fit; validate the final
-    weights; return a summary for the JSON line."""
+    """Build module, data, callbacks, loggers and trainer from ``cfg``; fit; save the final
+    state as ``last.ckpt``; validate the final weights; return a summary for the JSON line."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.module, _convert_="all")
+    module = instantiate(cfg.module, _convert_="all")  # first: model config errors come first
+    datamodule = instantiate(cfg.data, _convert_="all")
+    if datamodule.hparams.seq_len > module.model.config.max_seq_len:
+        raise BitLMError(
+            f"data.seq_len={datamodule.hparams.seq_len} is longer than the model's context "
+            f"(model.max_seq_len={module.model.config.max_seq_len})"
+        )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        precision=resolve_precision(cfg.trainer.precision),
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.ckpt_path, output_dir))
+    if trainer.checkpoint_callback is not None:
+        # ModelCheckpoint last saved at the last validation; make last.ckpt the final state
+        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     final = trainer.validate(module, datamodule=datamodule, verbose=False)
     return {
         "run_dir": str(output_dir),
@@ -37,6 +51,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model_dir": _existing(output_dir / "model"),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` → ``bf16-mixed`` where bf16 is fast (a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 / AMX), else ``32-true``; any other value is passed to Lightning unchanged."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if _cpu_has_fast_bf16() else "32-true"
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, and fp32 is always correct
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:

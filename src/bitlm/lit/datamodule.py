@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from bitlm.bits import FRAME_BITS
+from bitlm.bits import frames_in
 from bitlm.data import (
     ByteStore,
     TrainWindows,
@@ -50,13 +50,16 @@ class BitDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(paths, str):
+            paths = [paths]  # `data.paths=notes.txt` without brackets
+        paths = [str(p) for p in paths] if paths else None  # plain list: checkpoints load safely
         self.save_hyperparameters()
         if not paths and not corpus:
             raise BitLMError(
                 "no training text: set data.corpus (e.g. pydoc) or use data=text "
                 "'data.paths=[a.txt,dir/]'"
             )
-        self.window_bytes = _window_bytes(seq_len)
+        self.window_bytes = frames_in(seq_len, "data.seq_len")
         _check_positive(batch_size=batch_size, split_chunk_bytes=split_chunk_bytes)
         if num_workers < 0:
             raise BitLMError(f"num_workers={num_workers} must be >= 0")
@@ -140,19 +143,6 @@ class BitDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
         )
-
-
-def _window_bytes(seq_len: int) -> int:
-    """Return ``seq_len / 9``; refuse a ``seq_len`` that is not a positive multiple of 9."""
-    if seq_len > 0 and seq_len % FRAME_BITS == 0:
-        return seq_len // FRAME_BITS
-    below = (seq_len // FRAME_BITS) * FRAME_BITS
-    above = below + FRAME_BITS
-    nearest = f"{below} or {above}" if below > 0 else f"{FRAME_BITS}"
-    raise BitLMError(
-        f"seq_len={seq_len} bits is not a positive multiple of {FRAME_BITS} (one frame per "
-        f"byte): use {nearest} (it follows model.max_seq_len by default)"
-    )
 
 
 def _check_positive(**values: int) -> None:

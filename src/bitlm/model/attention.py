@@ -15,7 +15,7 @@ from bitlm.model.config import ModelConfig
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE: rotate each (even, odd) feature pair of q and k by ``pos · base^(-2i/d)``.
+    """RoPE: rotate each feature pair (i, i + d/2) of q and k by the angle ``pos · base^(-2i/d)``.
 
     Attention scores then depend only on relative position, so a model can be run (and later
     fine-tuned) on contexts longer than it was trained on.

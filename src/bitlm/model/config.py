@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bitlm.bits import FRAME_BITS
+from bitlm.bits import FRAME_BITS, frames_in
 from bitlm.errors import BitLMError
 
 
@@ -51,10 +51,11 @@ class ModelConfig:
         return self.max_seq_len // FRAME_BITS
 
     def _validate(self) -> None:
-        for name in ("d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise BitLMError(f"model.{name} must be a positive integer, got {value!r}")
+        for name in ("d_model", "n_heads", "n_layers", "d_ff"):
+            if not _is_positive_int(getattr(self, name)):
+                raise BitLMError(
+                    f"model.{name} must be a positive integer, got {getattr(self, name)!r}"
+                )
         if self.d_model % self.n_heads:
             raise BitLMError(
                 f"model.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
@@ -63,25 +64,23 @@ class ModelConfig:
             raise BitLMError(
                 f"model.d_model / n_heads = {self.head_dim} must be even for rotary embeddings"
             )
-        if self.max_seq_len % FRAME_BITS:
-            lower = self.max_seq_len // FRAME_BITS * FRAME_BITS
-            raise BitLMError(
-                f"model.max_seq_len must be a multiple of {FRAME_BITS} (one byte = 9 bits), "
-                f"got {self.max_seq_len}; try {max(lower, FRAME_BITS)} or {lower + FRAME_BITS}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
+        frames_in(self.max_seq_len, "model.max_seq_len")
+        for name in ("reversible", "activation_checkpointing", "bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise BitLMError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise BitLMError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.attn_chunk_size is not None and self.attn_chunk_size <= 0:
-            chunk = self.attn_chunk_size
+        chunk = self.attn_chunk_size
+        if chunk is not None and not _is_positive_int(chunk):
             raise BitLMError(
-                f"model.attn_chunk_size must be a positive integer or null, got {chunk}"
+                f"model.attn_chunk_size must be a positive integer or null, got {chunk!r}"
             )
         if self.reversible and self.activation_checkpointing:
             raise BitLMError(
                 "model.activation_checkpointing applies to model.reversible=false only: the "
                 "reversible stack already recomputes its activations in backward"
             )
-        if self.rope_base <= 1.0:
+        if not _is_number(self.rope_base) or self.rope_base <= 1.0:
             raise BitLMError(f"model.rope_base must be > 1, got {self.rope_base}")
 
     @classmethod
@@ -98,3 +97,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from bitlm.bits import DATA_BITS, FRAME_BITS, bits_to_bytes, bytes_to_bits, decode_bits
 from bitlm.model.attention import KVCache
-from bitlm.model.transformer import MASK, BitTransformerLM
+from bitlm.model.transformer import MASK, BitTransformerLM, evaluating
 
 
 def sample_bit(
@@ -81,19 +81,17 @@ def generate_bits(
     Stops early once the decoded output ends with ``stop`` (whose frames are then dropped). An
     empty prompt starts from the START symbol alone.
     """
-    was_training = model.training
-    model.eval()
-    device = model.head.weight.device
-    decoder = _Decoder(model, bytes_to_bits(prompt).to(device)[None])  # context (1, 9·len)
     frames: list[Tensor] = []
     text = bytearray()
-    for _ in range(max_new_bytes):
-        frames.append(_next_frame(decoder, temperature, top_p, generator))
-        text += decode_bits(frames[-1], errors="repair")[0]
-        if stop and text.endswith(stop):
-            del frames[len(frames) - len(stop) :]
-            break
-    model.train(was_training)
+    with evaluating(model):
+        device = model.head.weight.device
+        decoder = _Decoder(model, bytes_to_bits(prompt).to(device)[None])  # context (1, 9·len)
+        for _ in range(max_new_bytes):
+            frames.append(_next_frame(decoder, temperature, top_p, generator))
+            text += decode_bits(frames[-1], errors="repair")[0]
+            if stop and text.endswith(stop):
+                del frames[len(frames) - len(stop) :]
+                break
     return torch.cat(frames) if frames else torch.zeros(0, dtype=torch.uint8)
 
 

@@ -14,7 +14,9 @@ parity bit), which a flat bit stream could otherwise only infer from counting.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -97,6 +99,17 @@ class BitTransformerLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode (no dropout), restoring its previous mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def shift_right(bits: Tensor) -> Tensor:

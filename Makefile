@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is installed first, pinned, so pip never swaps in a CUDA build on a CPU machine
 TORCH  ?= torch==2.13.0
+# extra pip options, e.g. PIP_ARGS="--index-url <a CPU-only torch wheel index>"
+PIP_ARGS ?=
 
 .PHONY: setup train test lint clean
 
@@ -13,8 +15,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet $(PIP_ARGS) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(PIP_ARGS) -e ".[dev]"
 	touch $@
 
 train: setup

@@ -51,7 +51,7 @@ def hydra_app(config_name: str, task: Task) -> Callable[[], None]:
             user_error = _user_error(err)
             if user_error is None:
                 raise
-            fail(str(user_error))
+            fail(_one_line(user_error))
         print(json.dumps(result, ensure_ascii=False), flush=True)
 
     def main() -> None:
@@ -102,7 +102,7 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _one_line(err: Exception) -> str:
+def _one_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return " ".join(lines[:2]) if lines else type(err).__name__
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from bitlm.errors import BitLMError
 
-__all__ = ["CORPORA", "load_corpus", "pydoc_corpus", "resolve_paths"]
 
 _GLOB_CHARS = frozenset("*?[")
 

@@ -22,17 +22,6 @@ from bitlm.bits import bytes_to_bits
 from bitlm.data.store import ByteStore
 from bitlm.errors import BitLMError
 
-__all__ = [
-    "Segment",
-    "TrainWindows",
-    "ValWindows",
-    "batch_bits",
-    "batch_size",
-    "collate_bits",
-    "min_bytes_for_split",
-    "split_period",
-    "split_segments",
-]
 
 Segment = tuple[int, int]
 """A half-open byte range ``(start, end)`` of the stream."""

@@ -25,8 +25,6 @@ from bitlm.data import (
 )
 from bitlm.errors import BitLMError
 
-__all__ = ["BitDataModule"]
-
 
 class BitDataModule(L.LightningDataModule):
     """Batches of ``batch_size`` bit sequences of ``seq_len`` bits (``seq_len / 9`` bytes each).

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from bitlm.errors import BitLMError
 
-
 _GLOB_CHARS = frozenset("*?[")
 
 

@@ -28,7 +28,6 @@ import numpy as np
 from bitlm.data.corpus import load_corpus, resolve_paths
 from bitlm.errors import BitLMError
 
-
 _FORMAT_VERSION = 1  # bump when the byte layout of a cache file changes
 _READ_BLOCK = 1 << 20
 

@@ -22,7 +22,6 @@ from bitlm.bits import bytes_to_bits
 from bitlm.data.store import ByteStore
 from bitlm.errors import BitLMError
 
-
 Segment = tuple[int, int]
 """A half-open byte range ``(start, end)`` of the stream."""
 

@@ -67,7 +67,26 @@ def test_model_bits_with_overlap_scores_later_bytes_in_context():
     assert total == pytest.approx(expected, rel=1e-5)
 
 
-def test_gzip_reference():
-    data = b"abc" * 1000
-    refs = compressor_references(data)
-    assert refs["gzip-9"] == pytest.approx(8 * len(gzip.compress(data, 9, mtime=0)) / 3000)
+def test_compressor_references_round_trip_and_rank_sensibly():
+    import bz2
+    import lzma
+
+    import zstandard
+
+    from bitlm.evaluate import COMPRESSORS
+
+    text = (b"the quick brown fox jumps over the lazy dog; " * 40) + bytes(range(256))
+    refs = compressor_references(text)
+    assert set(refs) == {"gzip-9", "bzip2-9", "xz-9e", "zstd-19"}
+    assert refs["gzip-9"] == pytest.approx(8 * len(gzip.compress(text, 9, mtime=0)) / len(text))
+    decompress = {
+        "gzip-9": gzip.decompress,
+        "bzip2-9": bz2.decompress,
+        "xz-9e": lzma.decompress,
+        "zstd-19": zstandard.ZstdDecompressor().decompress,
+    }
+    for name, compress in COMPRESSORS.items():
+        assert decompress[name](compress(text)) == text, name
+        assert 0 < refs[name] < 3  # highly repetitive text compresses well
+    noise = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
+    assert min(compressor_references(bytes(noise.tolist())).values()) > 7.9  # noise does not

@@ -1,4 +1,4 @@
-"""bitlm-eval: bits per byte of a trained model on text files, with gzip -9 as a reference."""
+"""bitlm-eval: bits per byte of a trained model on text files, next to compressor references."""
 
 from __future__ import annotations
 

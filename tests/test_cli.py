@@ -212,3 +212,16 @@ def test_non_text_prompt_and_bad_model_values(trained_run, run_cli, tmp_path):
     assert_user_error(run_cli("train", "model=tiny", "model.dropout=abc", cwd=tmp_path), "dropout")
     too_long = run_cli("train", "model=tiny", "data.seq_len=576", cwd=tmp_path)
     assert_user_error(too_long, "data.seq_len=576", "max_seq_len=288")
+
+
+def test_generate_refuses_the_byte_baseline(run_cli, tmp_path):
+    from bitlm.hub import save_pretrained
+    from bitlm.model import build_model
+    from bitlm.model.config import ModelConfig
+
+    config = ModelConfig(
+        unit="byte", reversible=False, d_model=32, n_heads=2, n_layers=1, max_seq_len=72
+    )
+    save_pretrained(build_model(config), tmp_path / "byte_model")
+    result = run_cli("generate", f"ckpt_path={tmp_path / 'byte_model'}", cwd=tmp_path)
+    assert_user_error(result, "unit=byte", "bit models")

@@ -8,10 +8,12 @@ from bitlm.lit.module import BitLMModule
 from bitlm.model.config import ModelConfig
 
 
-@pytest.mark.parametrize("reversible", [True, False])
-def test_tiny_fit_lowers_validation_bpb(tmp_path, reversible):
+@pytest.mark.parametrize(("unit", "reversible"), [("bit", True), ("bit", False), ("byte", False)])
+def test_tiny_fit_lowers_validation_bpb(tmp_path, unit, reversible):
     L.seed_everything(0)
-    config = ModelConfig(d_model=64, n_heads=2, n_layers=2, max_seq_len=288, reversible=reversible)
+    config = ModelConfig(
+        unit=unit, d_model=64, n_heads=2, n_layers=2, max_seq_len=288, reversible=reversible
+    )
     module = BitLMModule(config, lr=3e-3, warmup_steps=5)
     datamodule = BitDataModule(seq_len=288, batch_size=8, cache_dir=str(tmp_path))
     trainer = L.Trainer(

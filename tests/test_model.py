@@ -194,3 +194,35 @@ def test_generate_stops_at_stop_string_and_handles_empty_prompt():
     stop = full[5:7]
     cut = generate(model, b"", 30, temperature=0, stop=stop)
     assert cut == full[: full.index(stop)]
+
+
+def test_byte_baseline_is_causal_over_bytes_and_scores_every_byte():
+    from bitlm.model import ByteTransformerLM, build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny(unit="byte", reversible=False)).eval()
+    assert isinstance(model, ByteTransformerLM)
+    bits = bytes_to_bits(b"abcdefgh")[None]
+    changed = bytes_to_bits(b"abcdXfgh")[None]
+    logits, _ = model(bits)
+    assert logits.shape == (1, 8, 256)
+    logits_changed, _ = model(changed)
+    torch.testing.assert_close(logits[:, :5], logits_changed[:, :5])  # byte 4 is seen from 5 on
+    assert not torch.allclose(logits[:, 5:], logits_changed[:, 5:])
+    _, byte_bits = model.score(bits)
+    assert byte_bits.shape == (1, 8)
+    assert byte_bits.mean().item() == pytest.approx(8.0, abs=0.3)  # untrained: ≈ uniform
+
+
+def test_export_round_trip_keeps_the_model_kind(tmp_path):
+    from bitlm.hub import load_model, save_pretrained
+    from bitlm.model import build_model
+
+    for unit in ("bit", "byte"):
+        torch.manual_seed(0)
+        model = build_model(tiny(unit=unit)).eval()
+        save_pretrained(model, tmp_path / unit)
+        loaded = load_model(tmp_path / unit)
+        assert type(loaded) is type(model)
+        bits = bytes_to_bits(b"roundtr!")[None]  # 8 bytes = 72 bits, the whole context
+        torch.testing.assert_close(loaded(bits)[0], model(bits)[0])

@@ -43,6 +43,7 @@ __all__ = [
     "bytes_to_bits",
     "decode_bits",
     "enforce_parity",
+    "frame_values",
     "frames_in",
     "parity_error_frames",
     "text_to_bits",
@@ -371,12 +372,22 @@ def decode_bits(
     n_bad = int(bad.sum())
     if n_bad and errors == "strict":
         raise ParityError(torch.nonzero(bad).reshape(-1).tolist(), n_frames=frames.shape[0])
-    # Byte = dot(data bits, [128, 64, ..., 1]); exact in uint8 since the sum is at most 255.
-    values = (frames[:, :DATA_BITS] * _weights_on(frames.device)).sum(dim=1, dtype=torch.uint8)
+    values = _frame_values(frames)
     if n_bad and errors == "replace":
         values = torch.where(bad, torch.full_like(values, replacement), values)
     data = values.cpu().numpy().tobytes()
     return data, n_bad
+
+
+def _frame_values(frames: torch.Tensor) -> torch.Tensor:
+    """Byte = dot(data bits, [128, 64, ..., 1]); exact in uint8 since the sum is at most 255."""
+    return (frames[..., :DATA_BITS] * _weights_on(frames.device)).sum(dim=-1, dtype=torch.uint8)
+
+
+def frame_values(bits: torch.Tensor) -> torch.Tensor:
+    """Byte values (..., n) uint8 of bits (..., 9n), from the data bits alone (parity is not
+    checked): how a byte-level model reads the same bit windows as the bit model."""
+    return _frame_values(_as_bit_tensor(bits, one_d=False))
 
 
 def bits_to_bytes(bits: torch.Tensor) -> bytes:

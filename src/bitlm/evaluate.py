@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 import torch
 import zstandard
+from torch import nn
 from tqdm import tqdm
 
-from bitlm.bits import FRAME_BITS, bytes_to_bits
-from bitlm.model.transformer import BitTransformerLM, evaluating
-from bitlm.objective import bit_cross_entropy
+from bitlm.bits import bytes_to_bits
+from bitlm.model.transformer import evaluating
 
 
 def sliding_windows(n_bytes: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -45,13 +45,13 @@ def sliding_windows(n_bytes: int, window: int, stride: int) -> list[tuple[int, i
 
 @torch.no_grad()
 def model_bits(
-    model: BitTransformerLM,
+    model: nn.Module,
     data: bytes,
     stride_bytes: int | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> float:
-    """Total cross-entropy in bits of ``data``'s data bits under ``model`` (divide by
+    """Total cross-entropy in bits of ``data`` under a bit or byte-level model (divide by
     ``len(data)`` for bpb). ``stride_bytes`` defaults to half the context."""
     window = model.config.max_bytes
     windows = sliding_windows(len(data), window, stride_bytes or max(1, window // 2))
@@ -67,23 +67,15 @@ def model_bits(
         return sum(_batch_bits(model, byte_tensor, windows[i : i + batch_size]) for i in batches)
 
 
-def _batch_bits(
-    model: BitTransformerLM, data: torch.Tensor, windows: list[tuple[int, int]]
-) -> float:
+def _batch_bits(model: nn.Module, data: torch.Tensor, windows: list[tuple[int, int]]) -> float:
     """Scored cross-entropy bits of a batch of equally long windows ``(start, first_scored)``."""
-    device = model.head.weight.device
+    device = next(model.parameters()).device
     length = min(model.config.max_bytes, len(data))
     bits = torch.stack([bytes_to_bits(data[s : s + length]) for s, _ in windows]).to(device)
-    logits, _ = model(bits)
+    _, byte_bits = model.score(bits)  # (B, length)
     return sum(
-        _scored_bits(logits[j], bits[j], (first - start) * FRAME_BITS)
-        for j, (start, first) in enumerate(windows)
+        float(byte_bits[j, first - start :].sum()) for j, (start, first) in enumerate(windows)
     )
-
-
-def _scored_bits(logits: torch.Tensor, bits: torch.Tensor, first_bit: int) -> float:
-    _, ce_bits, _ = bit_cross_entropy(logits[None, first_bit:], bits[None, first_bit:])
-    return float(ce_bits)
 
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {

@@ -18,15 +18,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bitlm.errors import BitLMError
+from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
-from bitlm.model.transformer import BitTransformerLM
 
 FORMAT = "bitlm/v1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def save_pretrained(model: BitTransformerLM, directory: str | Path) -> Path:
+def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
     """Write ``directory/{config.json,model.safetensors}`` without ever exposing a partial model.
 
     The files are written into a temporary sibling folder that is renamed into place; an
@@ -58,8 +58,9 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> BitTransformerLM:
-    """Load a model from an exported folder or a ``bitlm-train`` Lightning checkpoint (.ckpt).
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a model (bit or byte-level, per its config) from an exported folder or a
+    ``bitlm-train`` Lightning checkpoint (.ckpt).
 
     Raises ``BitLMError`` with a one-line reason for a missing, unreadable or foreign file.
     """
@@ -70,7 +71,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Bi
         config, state = _read_folder(path)
     else:
         config, state = _read_lightning_checkpoint(path)
-    model = BitTransformerLM(config)
+    model = build_model(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -12,6 +12,7 @@ from bitlm.cli.app import hydra_app, pick_device
 from bitlm.errors import BitLMError
 from bitlm.hub import load_model
 from bitlm.model.generate import generate_bits
+from bitlm.model.transformer import BitTransformerLM
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
@@ -19,6 +20,11 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     bits are computed, not sampled) so the claim is measured on every call."""
     _check_sampling(cfg)
     model = load_model(cfg.ckpt_path, pick_device(cfg.device))
+    if not isinstance(model, BitTransformerLM):
+        raise BitLMError(
+            f"{cfg.ckpt_path} is a model.unit={model.config.unit} model; bitlm-generate samples "
+            "bit models (the byte-level baseline is for training and bitlm-eval comparisons)"
+        )
     generator = torch.Generator(model.head.weight.device).manual_seed(cfg.seed)
     bits = generate_bits(
         model,

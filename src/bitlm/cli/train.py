@@ -46,7 +46,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(output_dir),
         "steps": trainer.global_step,
         "val_bpb": final[0]["val/bpb"] if final else None,
-        "parameters": module.model.num_parameters(),
+        "parameters": sum(p.numel() for p in module.model.parameters()),
         "checkpoint": _existing(output_dir / "checkpoints" / "last.ckpt"),
         "model_dir": _existing(output_dir / "model"),
         "seconds": round(time.perf_counter() - started, 1),

@@ -1,4 +1,4 @@
-"""BitLMModule: trains a BitTransformerLM with next-bit cross-entropy under Lightning."""
+"""BitLMModule: trains a BitTransformerLM (or the byte-level baseline) under Lightning."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
-from bitlm.model.transformer import BitTransformerLM
-from bitlm.objective import BitsPerByte, bit_cross_entropy
+from bitlm.objective import BitsPerByte
 
 
 class BitLMModule(L.LightningModule):
-    """Loss, metrics, optimiser and logging around a ``BitTransformerLM``.
+    """Loss, metrics, optimiser and logging around the model ``build_model(config)`` makes.
 
     Loss: mean cross-entropy over the data bits (parity targets excluded by default: they are a
     deterministic function of their frame, so learning them teaches nothing about the text).
@@ -38,28 +38,24 @@ class BitLMModule(L.LightningModule):
         config = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model)
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = config.to_dict()  # plain dict: checkpoints load with weights_only
-        self.model = BitTransformerLM(config)
+        self.model = build_model(config)
         self.train_bpb = BitsPerByte()
         self.val_bpb = BitsPerByte()
 
     def forward(self, bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         return self.model(bits)
 
-    def _shared_step(self, bits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        logits, _ = self.model(bits)
-        return bit_cross_entropy(logits, bits, self.hparams.include_parity_loss)
-
     def training_step(self, bits: Tensor, batch_idx: int) -> Tensor:
-        loss, ce_bits, n_bytes = self._shared_step(bits)
-        self.train_bpb(ce_bits, n_bytes)
+        loss, byte_bits = self.model.score(bits, self.hparams.include_parity_loss)
+        self.train_bpb(byte_bits)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/bpb", self.train_bpb, prog_bar=True)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
     def validation_step(self, bits: Tensor, batch_idx: int) -> None:
-        loss, ce_bits, n_bytes = self._shared_step(bits)
-        self.val_bpb.update(ce_bits, n_bytes)
+        loss, byte_bits = self.model.score(bits, self.hparams.include_parity_loss)
+        self.val_bpb.update(byte_bits)
         self.log("val/loss", loss, sync_dist=True)
         self.log("val/bpb", self.val_bpb, prog_bar=True)
 

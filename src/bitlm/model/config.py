@@ -19,6 +19,9 @@ class ModelConfig:
     multiple of 9 (``max_seq_len // 9`` bytes of context).
     """
 
+    # what the model predicts: "bit" (BitTransformerLM: 2-way, 9 positions per byte) or "byte"
+    # (ByteTransformerLM, the byte-level baseline: 256-way, one position per byte)
+    unit: str = "bit"
     d_model: int = 256
     n_heads: int = 4
     n_layers: int = 4
@@ -65,6 +68,8 @@ class ModelConfig:
                 f"model.d_model / n_heads = {self.head_dim} must be even for rotary embeddings"
             )
         frames_in(self.max_seq_len, "model.max_seq_len")
+        if self.unit not in ("bit", "byte"):
+            raise BitLMError(f"model.unit must be 'bit' or 'byte', got {self.unit!r}")
         for name in ("reversible", "activation_checkpointing", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise BitLMError(f"model.{name} must be true or false, got {getattr(self, name)!r}")

@@ -25,6 +25,7 @@ from bitlm.bits import FRAME_BITS
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack, ReversibleStack
 from bitlm.model.config import ModelConfig
+from bitlm.objective import bit_cross_entropy
 
 MASK = 2
 """Input symbol for "no bit here": the start-of-context input in causal mode, the masked
@@ -39,22 +40,10 @@ class BitTransformerLM(nn.Module):
         self.frame_embedding = nn.Embedding(FRAME_BITS, config.d_model)
         self.embed_dropout = nn.Dropout(config.dropout)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_base)
-        self.trunk = ReversibleStack(config) if config.reversible else PlainStack(config)
+        self.trunk = make_trunk(config)
         self.norm = nn.LayerNorm(config.d_model, bias=config.bias)
         self.head = nn.Linear(config.d_model, 2, bias=config.bias)
-        self.apply(self._init_weights)
-        # GPT-2 scaling: each residual branch's output projection shrinks with depth so the
-        # residual stream's variance stays O(1) at initialisation.
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_weights(self, config.n_layers)
 
     def forward(self, bits: Tensor, *, causal: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """Next-bit logits (B, L, 2) for bits (B, L) of 0/1, and a telemetry dict.
@@ -67,6 +56,11 @@ class BitTransformerLM(nn.Module):
         """
         symbols = shift_right(bits) if causal else bits
         return self.predict(symbols.long(), causal=causal), {}
+
+    def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
+        """``(training loss, CE in bits of each byte (B, n))`` of the causal model on ``bits``."""
+        logits, _ = self(bits)
+        return bit_cross_entropy(logits, bits, include_parity)
 
     def predict(
         self,
@@ -97,8 +91,23 @@ class BitTransformerLM(nn.Module):
         shape = (batch_size, c.n_heads, c.max_seq_len, c.head_dim)
         return [KVCache(shape, ref.dtype, ref.device) for _ in range(c.n_layers)]
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+
+def make_trunk(config: ModelConfig) -> nn.Module:
+    return ReversibleStack(config) if config.reversible else PlainStack(config)
+
+
+def init_weights(model: nn.Module, n_layers: int) -> None:
+    """N(0, 0.02) for linear and embedding weights, zero biases; GPT-2 scaling for each residual
+    branch's output projection (std / √(2·n_layers)) so the residual stream's variance stays
+    O(1) at initialisation whatever the depth."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for name, p in model.named_parameters():
+        if name.endswith("proj.weight"):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
 
 
 @contextlib.contextmanager

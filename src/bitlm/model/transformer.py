@@ -32,18 +32,34 @@ MASK = 2
 position in diffusion mode."""
 
 
-class BitTransformerLM(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
+class TransformerLM(nn.Module):
+    """What the bit model and the byte-level baseline share after their own input embeddings:
+    dropout → RoPE trunk (reversible or plain) → LayerNorm → linear head. A subclass builds its
+    embeddings, then calls ``_build_trunk_and_head`` (which also initialises all weights)."""
+
+    def _build_trunk_and_head(self, config: ModelConfig, n_outputs: int) -> None:
         self.config = config
-        self.bit_embedding = nn.Embedding(3, config.d_model)  # 0, 1, MASK
-        self.frame_embedding = nn.Embedding(FRAME_BITS, config.d_model)
         self.embed_dropout = nn.Dropout(config.dropout)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_base)
         self.trunk = make_trunk(config)
         self.norm = nn.LayerNorm(config.d_model, bias=config.bias)
-        self.head = nn.Linear(config.d_model, 2, bias=config.bias)
+        self.head = nn.Linear(config.d_model, n_outputs, bias=config.bias)
         init_weights(self, config.n_layers)
+
+    def _trunk_and_head(
+        self, x: Tensor, start: int, causal: bool, caches: list[KVCache] | None = None
+    ) -> Tensor:
+        """Logits (B, T, n_outputs) for embedded inputs x (B, T, C) at positions start …"""
+        h = self.trunk(self.embed_dropout(x), self.rope(start, x.size(1)), causal, caches)
+        return self.head(self.norm(h))
+
+
+class BitTransformerLM(TransformerLM):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.bit_embedding = nn.Embedding(3, config.d_model)  # 0, 1, MASK
+        self.frame_embedding = nn.Embedding(FRAME_BITS, config.d_model)
+        self._build_trunk_and_head(config, n_outputs=2)
 
     def forward(self, bits: Tensor, *, causal: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """Next-bit logits (B, L, 2) for bits (B, L) of 0/1, and a telemetry dict.
@@ -76,13 +92,12 @@ class BitTransformerLM(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} bits exceeds max_seq_len={self.config.max_seq_len}"
             )
-        x = self.embed(symbols, start)  # (B, T, C)
-        h = self.trunk(x, self.rope(start, T), causal, caches)  # (B, T, C)
-        return self.head(self.norm(h))  # (B, T, 2)
+        return self._trunk_and_head(self.embed(symbols, start), start, causal, caches)  # (B, T, 2)
 
     def embed(self, symbols: Tensor, start: int = 0) -> Tensor:
+        """E_bit[symbol] + E_frame[t mod 9], (B, T, C)."""
         frame_pos = torch.arange(start, start + symbols.size(1), device=symbols.device) % FRAME_BITS
-        return self.embed_dropout(self.bit_embedding(symbols) + self.frame_embedding(frame_pos))
+        return self.bit_embedding(symbols) + self.frame_embedding(frame_pos)
 
     def new_caches(self, batch_size: int) -> list[KVCache]:
         """Empty key/value caches, one per layer, for ``max_seq_len`` positions."""

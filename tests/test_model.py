@@ -172,6 +172,7 @@ def test_kv_cache_greedy_generation_matches_uncached(reversible, n_bytes):
     with torch.no_grad():
         expected = _greedy_uncached(model, b"Hi!", n_bytes)
     assert generate(model, b"Hi!", n_bytes, temperature=0) == expected
+    assert generate(model, b"Hi!", n_bytes, temperature=0, kv_cache=False) == expected
 
 
 @pytest.mark.parametrize("seed", range(3))

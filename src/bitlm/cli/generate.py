@@ -34,6 +34,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         top_p=cfg.top_p,
         stop=cfg.stop.encode() if cfg.stop else None,
         generator=generator,
+        kv_cache=cfg.kv_cache,
     )
     data, parity_errors = decode_bits(bits.cpu(), errors="replace")
     return {

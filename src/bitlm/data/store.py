@@ -18,8 +18,7 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from bitlm.data.corpus import load_corpus, resolve_paths
 from bitlm.errors import BitLMError
+from bitlm.files import write_atomic
 
 _FORMAT_VERSION = 1  # bump when the byte layout of a cache file changes
 _READ_BLOCK = 1 << 20
@@ -61,7 +61,7 @@ class ByteStore:
         identity = {"corpus": name, "python": version}
         path = _cache_path(identity, cache_dir)
         if not path.exists():
-            _write_atomic(path, [load_corpus(name)])
+            write_atomic(path, [load_corpus(name)])
         return cls(path, [name])
 
     @classmethod
@@ -81,7 +81,7 @@ class ByteStore:
         identity = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
         path = _cache_path({"files": identity}, cache_dir)
         if not path.exists():
-            _write_atomic(path, _joined_file_blocks(files))
+            write_atomic(path, _joined_file_blocks(files))
         return cls(path, [str(f) for f in files])
 
     def __len__(self) -> int:
@@ -113,21 +113,6 @@ def _cache_path(identity: dict[str, Any], cache_dir: str | os.PathLike[str] | No
             "set data.cache_dir or $BITLM_CACHE_DIR to a writable directory"
         ) from err
     return directory / f"{key}.u8"
-
-
-def _write_atomic(path: Path, blocks: Iterable[bytes]) -> None:
-    """Write ``blocks`` to a temp file beside ``path``, fsync it, then rename it onto ``path``."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for block in blocks:
-                handle.write(block)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
 
 
 def _joined_file_blocks(files: Sequence[Path]) -> Iterator[bytes]:

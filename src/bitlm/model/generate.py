@@ -36,10 +36,13 @@ class _Decoder:
 
     When the cache is full, the oldest whole frames are dropped until half the window is left and
     the rest is re-encoded behind a fresh START symbol, exactly as the training windows look.
+    Without the cache (``kv_cache=False``, the reference the cache is benchmarked against) every
+    bit re-encodes the whole context: the same windows, so the same text up to float rounding.
     """
 
-    def __init__(self, model: BitTransformerLM, context: Tensor) -> None:
+    def __init__(self, model: BitTransformerLM, context: Tensor, kv_cache: bool = True) -> None:
         self.model = model
+        self.kv_cache = kv_cache
         self.max_len = model.config.max_seq_len
         self.keep = self.max_len // 2
         self.context = context  # (B, n) bits seen so far, starting on a frame boundary
@@ -50,14 +53,16 @@ class _Decoder:
             excess = self.context.size(1) - self.keep
             self.context = self.context[:, -(-excess // FRAME_BITS) * FRAME_BITS :]
         start = torch.full((self.context.size(0), 1), MASK, device=self.context.device)
-        self.caches: list[KVCache] = self.model.new_caches(self.context.size(0))
+        self.caches: list[KVCache] | None = (
+            self.model.new_caches(self.context.size(0)) if self.kv_cache else None
+        )
         symbols = torch.cat((start, self.context), dim=1).long()
         self.logits = self.model.predict(symbols, caches=self.caches)[:, -1]  # (B, 2)
 
     def feed(self, bit: Tensor) -> None:
         """Append bit (B,) to the context and compute the logits of the bit after it."""
         self.context = torch.cat((self.context, bit[:, None].to(self.context.dtype)), dim=1)
-        position = self.caches[0].length
+        position = self.caches[0].length if self.caches else self.max_len
         if position >= self.max_len:
             self._refill()
         else:
@@ -75,17 +80,19 @@ def generate_bits(
     top_p: float = 1.0,
     stop: bytes | None = None,
     generator: torch.Generator | None = None,
+    kv_cache: bool = True,
 ) -> Tensor:
     """Continue ``prompt`` by up to ``max_new_bytes`` frames; returns the new bits (9·n,) uint8.
 
     Stops early once the decoded output ends with ``stop`` (whose frames are then dropped). An
-    empty prompt starts from the START symbol alone.
+    empty prompt starts from the START symbol alone. ``kv_cache=False`` recomputes the whole
+    context for every bit (slow; the reference for ``bitlm-bench generate``).
     """
     frames: list[Tensor] = []
     text = bytearray()
     with evaluating(model):
         device = model.head.weight.device
-        decoder = _Decoder(model, bytes_to_bits(prompt).to(device)[None])  # context (1, 9·len)
+        decoder = _Decoder(model, bytes_to_bits(prompt).to(device)[None], kv_cache)  # (1, 9·len)
         for _ in range(max_new_bytes):
             frames.append(_next_frame(decoder, temperature, top_p, generator))
             text += decode_bits(frames[-1], errors="repair")[0]

@@ -1,0 +1,299 @@
+"""compare: model variants trained for the same wall-clock budget over several seeds, scored on
+held-out text, with mean ± std, Welch's t-test against the first variant, a table and a plot.
+
+Each variant is a list of ``bitlm-train`` overrides (e.g. ``[model=byte_baseline]``). Its run
+is a Hydra multirun over the seeds, so the runs are ordinary training runs (checkpoints, exported
+model, TensorBoard) in ``out_dir/<variant>/seed_<seed>``. To give every variant the whole budget
+with a finished learning-rate schedule, its step count is calibrated first: the measured
+seconds per step of that variant (same config, Lightning, a few steps) fill ``fill`` of the
+budget, and ``trainer.max_time`` = the budget stops any run that would overrun. Each exported
+model is then scored with ``bitlm-eval`` on ``eval_files``; the final ``val/bpb`` (the held-out
+split of the training corpus) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bitlm.bench.measure import corpus_batches
+from bitlm.bench.throughput import lightning_seconds
+from bitlm.cli.app import config_dir, pick_device
+from bitlm.cli.train import resolve_precision
+from bitlm.errors import BitLMError
+from bitlm.files import write_atomic
+
+METRICS = {"eval_bpb": "bpb on eval_files", "val_bpb": "val/bpb (held-out split)"}
+
+
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """``["bit: model=small", "byte: model=byte_baseline"]`` → {name: [overrides]}."""
+    variants: dict[str, list[str]] = {}
+    for spec in specs:
+        name, colon, overrides = str(spec).partition(":")
+        name = name.strip()
+        if not colon or not name or name in variants:
+            problem = "a repeated name" if name in variants else "not 'NAME: override …'"
+            raise BitLMError(f"variant {spec!r} is {problem}, e.g. 'bit: model=small'")
+        variants[name] = overrides.split()
+    return variants
+
+
+def calibrate_steps(overrides: list[str], budget_s: float, fill: float, probe_steps: int) -> int:
+    """Optimizer steps this variant completes in ``fill × budget_s`` seconds of training."""
+    if GlobalHydra.instance().is_initialized():  # inside bitlm-bench: same config tree
+        cfg = hydra.compose("train", overrides=overrides)
+    else:
+        with hydra.initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = hydra.compose("train", overrides=overrides)
+    module_kwargs = OmegaConf.to_container(cfg.module, resolve=True)
+    del module_kwargs["_target_"], module_kwargs["model"]
+    skip = min(3, probe_steps - 1)
+    seconds = lightning_seconds(
+        instantiate(cfg.model),
+        corpus_batches(probe_steps, cfg.data.batch_size, cfg.data.seq_len),
+        resolve_precision(cfg.trainer.precision),
+        skip,
+        pick_device("auto"),
+        module_kwargs,
+    )
+    return max(1, int(fill * budget_s * (probe_steps - skip) / seconds))
+
+
+def train_variant(
+    name: str,
+    overrides: list[str],
+    seeds: list[int],
+    steps: int,
+    budget_s: float,
+    val_checks: int,
+    out_dir: Path,
+) -> list[dict[str, Any]]:
+    """One Hydra multirun of ``bitlm-train`` over ``seeds``; the JSON summary of each run."""
+    seconds = math.ceil(budget_s)
+    max_time = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    command = [
+        sys.executable,
+        "-m",
+        "bitlm.cli.train",
+        "--multirun",
+        *overrides,
+        f"trainer.max_steps={steps}",
+        f"trainer.max_time={max_time}",
+        f"trainer.val_check_interval={max(1, steps // val_checks)}",
+        f"seed={','.join(str(s) for s in seeds)}",
+        f"hydra.sweep.dir={out_dir / name}",
+        "hydra.sweep.subdir=seed_${seed}",
+    ]
+    summaries = _json_lines(_run(command))
+    if len(summaries) != len(seeds):
+        raise BitLMError(f"variant {name}: expected {len(seeds)} runs, got {len(summaries)}")
+    return summaries
+
+
+def evaluate_run(model_dir: str, eval_files: list[str], batch_size: int) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "bitlm.cli.eval",
+        f"ckpt_path={model_dir}",
+        f"files=[{','.join(json.dumps(str(f)) for f in eval_files)}]",
+        f"batch_size={batch_size}",
+    ]
+    return _json_lines(_run(command))[-1]
+
+
+def _run(command: list[str]) -> str:
+    """Run a bitlm command; its progress and logs pass through to our stderr."""
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=None, text=True)
+    if result.returncode != 0:
+        raise BitLMError(f"{' '.join(command[2:4])} failed (exit {result.returncode}); see above")
+    return result.stdout
+
+
+def _json_lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def welch(a: list[float], b: list[float]) -> dict[str, float] | None:
+    """Welch's unequal-variance t-test of mean(a) vs mean(b); None with fewer than 2 per side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind
+
+    test = ttest_ind(a, b, equal_var=False)
+    return {"t": float(test.statistic), "p": float(test.pvalue)}
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return {"mean": statistics.fmean(values), "std": std}
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per variant: mean ± std of each metric, steps and seconds; against the first variant:
+    relative gap of the means and Welch's t-test."""
+    first = next(iter(runs))
+    table: dict[str, Any] = {}
+    for name, rows in runs.items():
+        entry: dict[str, Any] = {
+            metric: mean_std([row[metric] for row in rows]) for metric in METRICS
+        }
+        entry["steps"] = statistics.fmean(row["steps"] for row in rows)
+        entry["seconds"] = statistics.fmean(row["seconds"] for row in rows)
+        if name != first:
+            for metric in METRICS:
+                ours = [row[metric] for row in runs[first]]
+                theirs = [row[metric] for row in rows]
+                entry[f"{metric}_vs_{first}"] = {
+                    "gap": statistics.fmean(ours) / statistics.fmean(theirs) - 1.0,
+                    "welch": welch(ours, theirs),
+                }
+        table[name] = entry
+    return table
+
+
+def markdown_table(summary: dict[str, Any], references: dict[str, float]) -> str:
+    first = next(iter(summary))
+    lines = [
+        "| variant | bpb on eval files | val/bpb | steps | seconds "
+        f"| eval bpb vs {first} (Welch p) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in summary.items():
+        versus = entry.get(f"eval_bpb_vs_{first}")
+        gap = "—"
+        if versus:
+            p = versus["welch"]["p"] if versus["welch"] else float("nan")
+            gap = f"{first} {versus['gap']:+.1%} (p = {p:.3g})"
+        lines.append(
+            f"| {name} | {_pm(entry['eval_bpb'])} | {_pm(entry['val_bpb'])} | "
+            f"{entry['steps']:.0f} | {entry['seconds']:.0f} | {gap} |"
+        )
+    lines += [f"| {ref} (compressor) | {bpb:.3f} | | | | |" for ref, bpb in references.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _pm(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def plot(runs: dict[str, list[dict[str, Any]]], references: dict[str, float], path: Path) -> None:
+    """Left: val/bpb against training minutes, one line per run. Right: bpb on the eval files
+    per variant (mean ± std, seeds as dots) with the compressors as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, rows) in enumerate(runs.items()):
+        for j, row in enumerate(rows):
+            minutes, bpb = learning_curve(row["run_dir"])
+            curves.plot(minutes, bpb, color=colors[i], alpha=0.8, label=name if j == 0 else None)
+        values = [row["eval_bpb"] for row in rows]
+        stats = mean_std(values)
+        bars.bar(
+            i,
+            stats["mean"],
+            yerr=0 if math.isnan(stats["std"]) else stats["std"],
+            color=colors[i],
+            alpha=0.6,
+            capsize=4,
+        )
+        bars.scatter([i] * len(values), values, color="black", s=12, zorder=3)
+    for k, (ref, bpb) in enumerate(references.items()):
+        bars.axhline(
+            bpb, linestyle="--", linewidth=1, color=colors[(len(runs) + k) % len(colors)], label=ref
+        )
+    curves.set(
+        xlabel="training time (minutes)", ylabel="val/bpb", title="Validation during training"
+    )
+    curves.legend()
+    bars.set_xticks(range(len(runs)), list(runs))
+    bars.set(ylabel="bits per byte", title="Held-out eval files (mean ± std over seeds)")
+    bars.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def learning_curve(run_dir: str) -> tuple[list[float], list[float]]:
+    """(minutes since the first logged scalar, val/bpb) from a run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
+    points: list[tuple[float, float]] = []
+    start = math.inf
+    for folder in sorted(
+        {events.parent for events in Path(run_dir).rglob("events.out.tfevents.*")}
+    ):
+        accumulator = EventAccumulator(str(folder))  # reads every event file in the folder
+        accumulator.Reload()
+        tags = accumulator.Tags()["scalars"]
+        start = min([start, *(accumulator.Scalars(tag)[0].wall_time for tag in tags)])
+        if "val/bpb" in tags:
+            points += [(event.wall_time, event.value) for event in accumulator.Scalars("val/bpb")]
+    points.sort()
+    return [(t - start) / 60 for t, _ in points], [value for _, value in points]
+
+
+def run(
+    variants: dict[str, list[str]],
+    seeds: list[int],
+    budget_s: float,
+    eval_files: list[str],
+    out_dir: str,
+    common_overrides: list[str],
+    fill: float = 0.9,
+    probe_steps: int = 12,
+    val_checks: int = 4,
+    eval_batch_size: int = 64,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    if not variants or not seeds:
+        raise BitLMError("compare needs at least one variant and one seed")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    references: dict[str, float] = {}
+    for name, overrides in variants.items():
+        overrides = [*common_overrides, *overrides]
+        steps = calibrate_steps(overrides, budget_s, fill, probe_steps)
+        if progress:
+            progress(f"{name}: {steps} steps fill {fill:.0%} of {budget_s:.0f} s; training …")
+        runs[name] = train_variant(name, overrides, seeds, steps, budget_s, val_checks, out)
+        for row in runs[name]:
+            scored = evaluate_run(row["model_dir"], eval_files, eval_batch_size)
+            row["eval_bpb"], references = scored["bpb"], scored["references"]
+    summary = summarize(runs)
+    result = {
+        "budget_s": budget_s,
+        "seeds": seeds,
+        "eval_files": eval_files,
+        "variants": variants,
+        "summary": summary,
+        "references": references,
+        "runs": runs,
+        "table": str(out / "table.md"),
+        "plot": str(out / "compare.png"),
+    }
+    write_atomic(out / "table.md", markdown_table(summary, references).encode())
+    plot(runs, references, out / "compare.png")
+    write_atomic(out / "results.json", json.dumps(result, indent=2).encode())
+    return result

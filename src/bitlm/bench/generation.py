@@ -1,0 +1,51 @@
+"""generate: sampling speed with the key/value cache against re-encoding the whole context for
+every bit (``kv_cache=False``), at several context lengths. The model is untrained: speed does
+not depend on the weights. Its window is widened to hold context + new bytes, so that neither
+decoder ever cuts its context and both do exactly the work their names say."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from bitlm.bench.measure import corpus_bytes, median, timings
+from bitlm.bits import FRAME_BITS
+from bitlm.model.config import ModelConfig
+from bitlm.model.generate import generate_bits
+from bitlm.model.transformer import BitTransformerLM
+
+
+def run(
+    config: ModelConfig,
+    device: torch.device,
+    contexts: list[int],
+    new_bytes: int,
+    repeats: int,
+    seed: int,
+    progress=None,
+) -> dict[str, Any]:
+    if config.unit != "bit":
+        raise ValueError("bitlm-bench generate measures bit models (model.unit=bit)")
+    window = (max(contexts) // FRAME_BITS + new_bytes + 2) * FRAME_BITS
+    config = dataclasses.replace(config, max_seq_len=max(config.max_seq_len, window))
+    torch.manual_seed(seed)
+    model = BitTransformerLM(config).to(device).eval()
+    results: dict[int, dict[str, Any]] = {}
+    for context in contexts:
+        prompt = corpus_bytes(context // FRAME_BITS)
+        row: dict[str, Any] = {}
+        for name, cached in (("cached", True), ("uncached", False)):
+            generator = torch.Generator(device).manual_seed(seed)
+
+            def sample(prompt: bytes = prompt, cached: bool = cached, generator=generator) -> None:
+                generate_bits(model, prompt, new_bytes, generator=generator, kv_cache=cached)
+
+            seconds = median(timings(sample, repeats, warmup=1, device=device))
+            row[name] = {"bytes_per_s": new_bytes / seconds, "seconds": seconds}
+            if progress:
+                progress(f"{context} bits of context, {name}: {row[name]}")
+        row["speedup"] = row["cached"]["bytes_per_s"] / row["uncached"]["bytes_per_s"]
+        results[context] = row
+    return {"new_bytes": new_bytes, "max_seq_len": config.max_seq_len, "results": results}

@@ -1,0 +1,137 @@
+"""train-throughput: what Lightning costs. The same model, data, optimiser and schedule, trained
+by ``Trainer.fit`` on a ``BitLMModule`` and by a plain PyTorch loop; overhead = 1 − ratio of
+their steady-state rates (steps after the warm-up ones)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from bitlm.bench.measure import corpus_batches, median, synchronize
+from bitlm.bits import FRAME_BITS
+from bitlm.lit.module import BitLMModule, adamw, warmup_cosine
+from bitlm.model import build_model
+from bitlm.model.config import ModelConfig
+
+
+class _StepTimer(L.Callback):
+    """Wall-clock time from the start of batch ``skip`` to the end of the last batch."""
+
+    def __init__(self, skip: int, device: torch.device) -> None:
+        self.skip, self.device = skip, device
+        self.start = self.end = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.skip:
+            synchronize(self.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        synchronize(self.device)
+        self.end = time.perf_counter()
+
+
+def lightning_seconds(
+    config: ModelConfig,
+    batches: list[torch.Tensor],
+    precision: str,
+    skip: int,
+    device: torch.device,
+    module_kwargs: dict[str, Any],
+) -> float:
+    """Seconds ``Trainer.fit`` spends on ``batches[skip:]`` (one optimiser step per batch)."""
+    module = BitLMModule(config, **module_kwargs)
+    timer = _StepTimer(skip, device)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=precision,
+        max_steps=len(batches),
+        logger=False,
+        callbacks=[timer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    return timer.end - timer.start
+
+
+def plain_seconds(
+    config: ModelConfig,
+    batches: list[torch.Tensor],
+    precision: str,
+    skip: int,
+    device: torch.device,
+    module_kwargs: dict[str, Any],
+) -> float:
+    """Seconds a hand-written loop (autocast, backward, AdamW, LR schedule) spends on
+    ``batches[skip:]``: the same work as ``BitLMModule.training_step`` minus the framework."""
+    hp = BitLMModule(config, **module_kwargs).hparams  # the same hyper-parameters and defaults
+    model = build_model(config).to(device).train()
+    optimizer = adamw(model, hp.lr, hp.weight_decay, hp.betas)
+    schedule = functools.partial(
+        warmup_cosine,
+        warmup_steps=hp.warmup_steps,
+        total_steps=len(batches),
+        min_ratio=hp.min_lr_ratio,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in precision)
+    start = 0.0
+    for index, batch in enumerate(batches):
+        if index == skip:
+            synchronize(device)
+            start = time.perf_counter()
+        with autocast:
+            loss, _ = model.score(batch.to(device), hp.include_parity_loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def run(
+    config: ModelConfig,
+    device: torch.device,
+    precisions: list[str],
+    batch_size: int,
+    steps: int,
+    warmup_steps: int,
+    repeats: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Median positions/s and bytes/s of both loops per precision, and the overhead."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner per fit
+    seq_len = config.max_seq_len
+    batches = corpus_batches(steps, batch_size, seq_len, seed)
+    positions = (steps - warmup_steps) * batch_size * seq_len
+    per_byte = FRAME_BITS if config.unit == "bit" else 1
+    kwargs = {"warmup_steps": min(10, steps)}
+    results = {}
+    for precision in precisions:
+        seconds: dict[str, list[float]] = {"lightning": [], "plain": []}
+        for _ in range(repeats):  # alternate, so drift in machine speed hits both alike
+            for name, loop in (("lightning", lightning_seconds), ("plain", plain_seconds)):
+                torch.manual_seed(seed)
+                seconds[name].append(loop(config, batches, precision, warmup_steps, device, kwargs))
+        rates = {name: positions / median(s) for name, s in seconds.items()}
+        results[precision] = {
+            **{
+                name: {"positions_per_s": rate, "bytes_per_s": rate / per_byte}
+                for name, rate in rates.items()
+            },
+            "overhead": 1.0 - rates["lightning"] / rates["plain"],
+            "seconds": seconds,
+        }
+    return {"batch_size": batch_size, "seq_len": seq_len, "steps": steps, "results": results}

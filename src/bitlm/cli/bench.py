@@ -1,0 +1,154 @@
+"""bitlm-bench: speed and memory benchmarks, one JSON line each (see configs/bench.yaml)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from bitlm.bench import attention, codec, compare, generation, memory, throughput
+from bitlm.bench.measure import machine
+from bitlm.cli.app import fail, hydra_app, pick_device
+from bitlm.errors import BitLMError
+from bitlm.files import write_atomic
+
+
+def _progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _train_throughput(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "batch_size", "steps", "repeats")
+    if not 0 <= cfg.warmup_steps < cfg.steps:
+        raise BitLMError(f"warmup_steps must be in [0, steps={cfg.steps}), got {cfg.warmup_steps}")
+    return throughput.run(
+        instantiate(cfg.model),
+        pick_device(cfg.device),
+        list(cfg.precisions),
+        cfg.batch_size,
+        cfg.steps,
+        cfg.warmup_steps,
+        cfg.repeats,
+        cfg.seed,
+    )
+
+
+def _memory(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "batch_size", "repeats")
+    return memory.run(
+        instantiate(cfg.model),
+        pick_device(cfg.device),
+        list(cfg.depths),
+        list(cfg.stacks),
+        cfg.batch_size,
+        cfg.repeats,
+        cfg.seed,
+        _progress,
+    )
+
+
+def _attention(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "chunk_size", "batch_size", "repeats")
+    return attention.run(
+        instantiate(cfg.model),
+        pick_device(cfg.device),
+        list(cfg.lengths),
+        cfg.chunk_size,
+        cfg.batch_size,
+        cfg.repeats,
+        cfg.seed,
+        _progress,
+    )
+
+
+def _generate(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "new_bytes", "repeats")
+    return generation.run(
+        instantiate(cfg.model),
+        pick_device(cfg.device),
+        list(cfg.contexts),
+        cfg.new_bytes,
+        cfg.repeats,
+        cfg.seed,
+        _progress,
+    )
+
+
+def _codec(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "n_bytes", "reference_bytes", "repeats")
+    return codec.run(cfg.n_bytes, min(cfg.reference_bytes, cfg.n_bytes), cfg.repeats)
+
+
+def _compare(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "budget_s", "probe_steps", "val_checks", "eval_batch_size")
+    if not 0 < cfg.fill <= 1:
+        raise BitLMError(f"fill must be in (0, 1], got {cfg.fill}")
+    return compare.run(
+        compare.parse_variants(list(cfg.variants)),
+        list(cfg.seeds),
+        float(cfg.budget_s),
+        list(cfg.eval_files),
+        cfg.out_dir,
+        list(cfg.common_overrides),
+        cfg.fill,
+        cfg.probe_steps,
+        cfg.val_checks,
+        cfg.eval_batch_size,
+        _progress,
+    )
+
+
+BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
+    "train-throughput": _train_throughput,
+    "memory": _memory,
+    "attention": _attention,
+    "generate": _generate,
+    "codec": _codec,
+    "compare": _compare,
+}
+
+
+def _check_positive(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise BitLMError(f"{key} must be a positive number, got {value!r}")
+
+
+def bench(cfg: DictConfig) -> dict[str, Any]:
+    name = HydraConfig.get().runtime.choices["benchmark"]
+    torch.manual_seed(cfg.seed)
+    result = {
+        "benchmark": name,
+        **BENCHMARKS[name](cfg),
+        "repeats": cfg.repeats,
+        "machine": machine(),
+    }
+    if cfg.output:
+        write_atomic(cfg.output, (json.dumps(result) + "\n").encode())
+    return result
+
+
+_app = hydra_app("bench", bench)
+
+
+def main() -> None:
+    """``bitlm-bench NAME [overrides]`` → the Hydra app with ``benchmark=NAME``."""
+    args = sys.argv[1:]
+    if args and not args[0].startswith("-") and "=" not in args[0]:
+        if args[0] not in BENCHMARKS:
+            fail(f"unknown benchmark {args[0]!r}: choose one of {', '.join(BENCHMARKS)}")
+        sys.argv[1:] = [f"benchmark={args[0]}", *args[1:]]
+    elif not any(a.startswith(("-", "benchmark=")) for a in args):
+        fail(f"which benchmark? usage: bitlm-bench {{{','.join(BENCHMARKS)}}} [key=value ...]")
+    _app()
+
+
+if __name__ == "__main__":
+    main()

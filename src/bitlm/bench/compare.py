@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bitlm.bench.measure import corpus_batches
+from bitlm.bench.plots import save, subplots
 from bitlm.bench.throughput import lightning_seconds
 from bitlm.cli.app import config_dir, pick_device
 from bitlm.cli.train import resolve_precision
@@ -193,12 +194,10 @@ def _pm(stats: dict[str, float]) -> str:
 def plot(runs: dict[str, list[dict[str, Any]]], references: dict[str, float], path: Path) -> None:
     """Left: val/bpb against training minutes, one line per run. Right: bpb on the eval files
     per variant (mean ± std, seeds as dots) with the compressors as dashed lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = subplots(2)
+    curves, bars = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(runs.items()):
         for j, row in enumerate(rows):
@@ -226,11 +225,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], references: dict[str, float], pa
     bars.set_xticks(range(len(runs)), list(runs))
     bars.set(ylabel="bits per byte", title="Held-out eval files (mean ± std over seeds)")
     bars.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save(fig, path)
 
 
 def learning_curve(run_dir: str) -> tuple[list[float], list[float]]:

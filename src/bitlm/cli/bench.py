@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from bitlm.bench import attention, codec, compare, generation, memory, throughput
 from bitlm.bench.measure import machine
+from bitlm.bench.plots import FIGURES
 from bitlm.cli.app import fail, hydra_app, pick_device
 from bitlm.errors import BitLMError
 from bitlm.files import write_atomic
@@ -123,6 +124,8 @@ def _check_positive(cfg: DictConfig, *keys: str) -> None:
 
 def bench(cfg: DictConfig) -> dict[str, Any]:
     name = HydraConfig.get().runtime.choices["benchmark"]
+    if cfg.plot and name not in FIGURES:
+        raise BitLMError(f"plot= is for {', '.join(FIGURES)}; {name} reports numbers only")
     torch.manual_seed(cfg.seed)
     result = {
         "benchmark": name,
@@ -132,6 +135,8 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     }
     if cfg.output:
         write_atomic(cfg.output, (json.dumps(result) + "\n").encode())
+    if cfg.plot:
+        FIGURES[name](result, cfg.plot)
     return result
 
 

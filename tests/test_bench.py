@@ -1,0 +1,197 @@
+"""bitlm-bench: every benchmark runs on tiny settings and reports its fields; the statistics and
+the memory accounting are checked on numbers known in advance. Speeds are never asserted."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+from bitlm.bench.compare import markdown_table, parse_variants, summarize, welch
+from bitlm.bench.memory import saved_activation_bytes
+from bitlm.errors import BitLMError
+from bitlm.model import build_model
+from bitlm.model.config import ModelConfig
+
+TINY = ("model=tiny", "repeats=1")
+
+
+def _bench(run_cli, tmp_path, name, *overrides):
+    result = run_cli("bench", name, *TINY, *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = result.json
+    assert report["benchmark"] == name and report["repeats"] == 1
+    assert report["machine"]["cpu_count"] >= 1
+    return report
+
+
+def _is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_codec_reports_both_directions_against_the_reference(run_cli, tmp_path):
+    report = _bench(run_cli, tmp_path, "codec", "n_bytes=50000", "reference_bytes=2000")
+    results = report["results"]
+    for side in ("bitlm", "reference"):
+        assert results[side]["encode_mb_per_s"] > 0 and results[side]["decode_mb_per_s"] > 0
+    assert results["encode_speedup"] == pytest.approx(
+        results["bitlm"]["encode_mb_per_s"] / results["reference"]["encode_mb_per_s"]
+    )
+
+
+def test_memory_reversible_saves_the_same_at_every_depth(run_cli, tmp_path):
+    report = _bench(
+        run_cli,
+        tmp_path,
+        "memory",
+        "depths=[1,3]",
+        "stacks=[reversible,plain]",
+        "batch_size=2",
+        f"plot={tmp_path / 'memory.png'}",
+    )
+    assert _is_png(tmp_path / "memory.png")
+    rev, plain = report["results"]["reversible"], report["results"]["plain"]
+    assert rev["1"]["saved_bytes"] == rev["3"]["saved_bytes"] > 0
+    assert rev["3"]["saved_bytes_vs_1_layers"] == 1.0
+    assert plain["3"]["saved_bytes"] > 2 * plain["1"]["saved_bytes"] * 0.9
+    assert plain["3"]["step_time_vs_plain"] == 1.0
+    for row in (*rev.values(), *plain.values()):
+        assert row["peak_bytes"] >= 0 and row["step_seconds"] > 0 and row["parameters"] > 0
+
+
+def test_attention_reports_time_and_memory_ratios(run_cli, tmp_path):
+    figure = tmp_path / "attention.png"
+    report = _bench(
+        run_cli, tmp_path, "attention", "lengths=[90,180]", "chunk_size=45", f"plot={figure}"
+    )
+    assert _is_png(figure)
+    assert report["chunk_size"] == 45
+    for length in ("90", "180"):
+        row = report["results"][length]
+        assert row["chunked"]["seconds"] > 0 and row["unchunked"]["seconds"] > 0
+        assert row["time_chunked_vs_unchunked"] == pytest.approx(
+            row["chunked"]["seconds"] / row["unchunked"]["seconds"]
+        )
+        assert row["memory_chunked_vs_unchunked"] >= 0
+
+
+def test_generate_compares_cached_with_uncached(run_cli, tmp_path):
+    figure = tmp_path / "generate.png"
+    report = _bench(
+        run_cli, tmp_path, "generate", "contexts=[90,180]", "new_bytes=2", f"plot={figure}"
+    )
+    assert _is_png(figure)
+    assert report["max_seq_len"] >= 180 + 9 * 2
+    for row in report["results"].values():
+        assert row["speedup"] == pytest.approx(
+            row["cached"]["bytes_per_s"] / row["uncached"]["bytes_per_s"]
+        )
+
+
+def test_train_throughput_reports_overhead_per_precision(run_cli, tmp_path):
+    report = _bench(
+        run_cli,
+        tmp_path,
+        "train-throughput",
+        "steps=4",
+        "warmup_steps=1",
+        "batch_size=2",
+        "precisions=[32-true]",
+    )
+    row = report["results"]["32-true"]
+    for loop in ("lightning", "plain"):
+        assert row[loop]["positions_per_s"] == pytest.approx(9 * row[loop]["bytes_per_s"])
+    assert row["overhead"] == pytest.approx(
+        1 - row["lightning"]["positions_per_s"] / row["plain"]["positions_per_s"]
+    )
+
+
+def test_compare_trains_variants_over_seeds_and_writes_table_and_plot(
+    run_cli, tmp_path, english_file
+):
+    out = tmp_path / "cmp"
+    report = _bench(
+        run_cli,
+        tmp_path,
+        "compare",
+        'variants=["bit: model=tiny","byte: model=tiny model.unit=byte"]',
+        "seeds=[1,2]",
+        "budget_s=2",
+        "probe_steps=3",
+        f"eval_files=[{english_file}]",
+        f"out_dir={out}",
+    )
+    assert set(report["runs"]) == {"bit", "byte"}
+    assert all(len(runs) == 2 for runs in report["runs"].values())
+    assert all(run["steps"] >= 1 and run["eval_bpb"] > 0 for run in report["runs"]["bit"])
+    versus = report["summary"]["byte"]["eval_bpb_vs_bit"]
+    assert 0 <= versus["welch"]["p"] <= 1
+    assert set(report["references"]) == {"gzip-9", "bzip2-9", "xz-9e", "zstd-19"}
+    assert "| byte |" in (out / "table.md").read_text()
+    assert _is_png(out / "compare.png")
+    assert (out / "results.json").is_file() and (out / "bit" / "seed_2" / "model").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("nope",), "unknown benchmark 'nope'"),
+        ((), "which benchmark?"),
+        (("codec", "repeats=0"), "repeats must be a positive number"),
+        (("memory", "stacks=[wide]"), "unknown stack(s) ['wide']"),
+        (("compare", 'variants=["no colon"]'), "not 'NAME: override"),
+        (("codec", "plot=x.png"), "plot= is for memory"),
+    ],
+)
+def test_bad_input_is_one_line(run_cli, tmp_path, args, message):
+    result = run_cli("bench", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_saved_activation_bytes_exclude_parameters_and_track_depth():
+    torch.manual_seed(0)
+    batch = torch.randint(0, 2, (2, 90), dtype=torch.uint8)
+
+    def saved(**fields) -> int:
+        config = ModelConfig(d_model=32, n_heads=2, max_seq_len=90, **fields)
+        return saved_activation_bytes(build_model(config).train(), batch)
+
+    assert saved(n_layers=1) == saved(n_layers=4)  # reversible: only the stack's outputs
+    assert saved(n_layers=4, reversible=False) > 3 * saved(n_layers=1, reversible=False) * 0.8
+    assert saved(n_layers=4, reversible=False, activation_checkpointing=True) < saved(
+        n_layers=4, reversible=False
+    )
+
+
+def test_parse_variants():
+    assert parse_variants(["a: model=tiny x=1", "b:model=small"]) == {
+        "a": ["model=tiny", "x=1"],
+        "b": ["model=small"],
+    }
+    with pytest.raises(BitLMError, match="repeated name"):
+        parse_variants(["a: x=1", "a: x=2"])
+
+
+def test_summary_means_gaps_and_welch_match_scipy():
+    runs = {
+        "bit": [
+            {"eval_bpb": b, "val_bpb": b - 0.1, "steps": 10, "seconds": 60} for b in (3, 3.2, 3.4)
+        ],
+        "byte": [
+            {"eval_bpb": b, "val_bpb": b, "steps": 90, "seconds": 60} for b in (2.0, 2.1, 2.3)
+        ],
+    }
+    summary = summarize(runs)
+    assert summary["bit"]["eval_bpb"]["mean"] == pytest.approx(3.2)
+    assert summary["bit"]["eval_bpb"]["std"] == pytest.approx(0.2)
+    versus = summary["byte"]["eval_bpb_vs_bit"]
+    assert versus["gap"] == pytest.approx(3.2 / (6.4 / 3) - 1)
+    expected = stats.ttest_ind([3, 3.2, 3.4], [2.0, 2.1, 2.3], equal_var=False)
+    assert versus["welch"]["p"] == pytest.approx(expected.pvalue)
+    assert welch([1.0], [2.0, 3.0]) is None
+    table = markdown_table(summary, {"gzip-9": 2.7})
+    assert "| bit | 3.200 ± 0.200 |" in table and "| gzip-9 (compressor) | 2.700 |" in table
+    assert math.isnan(summarize({"a": runs["bit"][:1]})["a"]["eval_bpb"]["std"])

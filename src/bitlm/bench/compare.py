@@ -1,7 +1,7 @@
 """compare: model variants trained for the same wall-clock budget over several seeds, scored on
 held-out text, with mean ± std, Welch's t-test against the first variant, a table and a plot.
 
-Each variant is a list of ``bitlm-train`` overrides (e.g. ``[model=byte_baseline]``). Its run
+A variant is ``"NAME: bitlm-train overrides"`` (e.g. ``"byte: model=byte_baseline"``). Its run
 is a Hydra multirun over the seeds, so the runs are ordinary training runs (checkpoints, exported
 model, TensorBoard) in ``out_dir/<variant>/seed_<seed>``. To give every variant the whole budget
 with a finished learning-rate schedule, its step count is calibrated first: the measured
@@ -36,7 +36,8 @@ from bitlm.cli.train import resolve_precision
 from bitlm.errors import BitLMError
 from bitlm.files import write_atomic
 
-METRICS = {"eval_bpb": "bpb on eval_files", "val_bpb": "val/bpb (held-out split)"}
+METRICS = ("eval_bpb", "val_bpb")
+"""Per run: bpb on ``eval_files`` (via bitlm-eval) and the final val/bpb of the training run."""
 
 
 def parse_variants(specs: list[str]) -> dict[str, list[str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import warnings
 from typing import Any
 
 import lightning as L
@@ -61,7 +62,9 @@ def lightning_seconds(
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    with warnings.catch_warnings():  # training only, on purpose
+        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+        trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     return timer.end - timer.start
 
 

@@ -426,3 +426,10 @@ def test_packed_codec_matches_table_across_blocks() -> None:
             bits_to_bytes(corrupted)
         assert err.value.bad_frames == bad
         assert decode_bits(corrupted, "repair")[1] == len(bad)
+
+
+def test_encode_accepts_strided_and_byte_swapped_arrays() -> None:
+    values = np.arange(40, dtype=np.uint8)
+    expected = bytes_to_bits(values[::-1].tobytes())
+    assert torch.equal(bytes_to_bits(values[::-1]), expected)
+    assert torch.equal(bytes_to_bits(values[::-1].astype(">u2")), expected)

@@ -24,8 +24,8 @@ from bitlm.data import (
     resolve_paths,
     split_segments,
 )
-from bitlm.data.store import _write_atomic
 from bitlm.errors import BitLMError
+from bitlm.files import write_atomic
 from bitlm.lit.datamodule import BitDataModule
 
 
@@ -211,7 +211,7 @@ def test_interrupted_cache_build_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "c" / "key.u8"
     target.parent.mkdir()
     with pytest.raises(KeyboardInterrupt):
-        _write_atomic(target, crash())
+        write_atomic(target, crash())
     assert list(target.parent.iterdir()) == []
 
 
@@ -316,3 +316,14 @@ def test_datamodule_rejects_bad_arguments(kwargs: dict, message: str) -> None:
 def test_datamodule_unknown_corpus(tmp_path: Path) -> None:
     with pytest.raises(BitLMError, match="unknown corpus"):
         BitDataModule(corpus="nope", cache_dir=str(tmp_path)).prepare_data()
+
+
+def test_write_atomic_gives_usual_permissions_and_accepts_bytes_like(tmp_path) -> None:
+    mask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.json", bytearray(b"{}"))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").read_bytes() == b"{}"
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.json"]  # no temporary file left behind

@@ -55,6 +55,7 @@ FRAME_BITS = 9
 """Bits per frame: 8 data bits + 1 even parity bit."""
 
 DATA_BITS = 8
+"""Data bits per frame (one byte), most-significant bit first."""
 
 
 def frames_in(n_bits: int, name: str) -> int:
@@ -74,8 +75,6 @@ def frames_in(n_bits: int, name: str) -> int:
         f"got {n_bits!r}; try {nearest}"
     )
 
-
-"""Data bits per frame (one byte), most-significant bit first."""
 
 ParityMode = Literal["strict", "repair", "replace"]
 """How decoding treats a frame whose parity fails (see :func:`decode_bits`)."""
@@ -167,7 +166,10 @@ def _byte_values(data: object) -> torch.Tensor:
             raise ValueError(
                 f"byte array must have an integer dtype (uint8), got numpy dtype {data.dtype}"
             )
-        tensor = torch.from_numpy(data if data.flags.writeable else data.copy())
+        array = np.ascontiguousarray(data)  # copies reversed or strided views
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     elif isinstance(data, torch.Tensor):
         if data.dtype == torch.bool or data.dtype.is_floating_point or data.dtype.is_complex:
             raise ValueError(f"byte tensor must have an integer dtype (uint8), got {data.dtype}")
@@ -450,6 +452,7 @@ def decode_bits(
     ):
         raise ValueError(f"replacement must be a byte value in 0..255, got {replacement!r}")
     frames = _as_bit_tensor(bits, one_d=True)
+    # decoded on the CPU: the result is host bytes anyway (the bits of one sequence are small)
     values, bad = _decode_packed(frames.reshape(-1).cpu().numpy())
     bad_frames = np.flatnonzero(bad)
     if bad_frames.size and errors == "strict":

@@ -13,9 +13,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | Iterable[bytes]) ->
     ``path``, fsync it, then rename it onto ``path``: readers see the old file or the new one,
     never a part of one."""
     path = Path(path)
-    blocks = [data] if isinstance(data, bytes) else data
+    blocks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
             for block in blocks:
                 handle.write(block)
@@ -25,3 +26,9 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | Iterable[bytes]) ->
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,9 +1,10 @@
 """attention: query-chunked against unchunked causal attention, one layer, forward + backward.
 
-Each (length, chunk size) runs in a fresh process: peak memory of the first measured step
-(see :func:`bitlm.bench.measure.peak_memory`), then the median step time. The unchunked layer uses
-SDPA's fused causal kernel; a chunk after the first needs an explicit (chunk × keys) mask, so
-chunking bounds the score matrix only where SDPA would otherwise materialise it.
+Each (length, chunk size) runs in a fresh process: after one warm-up step, the peak memory of
+one step (see :func:`bitlm.bench.measure.peak_memory`), then the median step time. The
+unchunked layer uses SDPA's fused causal kernel; a chunk after the first needs an explicit
+(chunk × keys) mask, so chunking bounds the score matrix only where SDPA would otherwise
+materialise it.
 """
 
 from __future__ import annotations

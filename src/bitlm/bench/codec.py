@@ -53,8 +53,10 @@ def run(n_bytes: int, reference_bytes: int, repeats: int) -> dict[str, Any]:
             "decode_mb_per_s": mb_per_s(lambda: bits_to_bytes(bits), n_bytes, repeats),
         },
         "reference": {
-            "encode_mb_per_s": mb_per_s(lambda: reference_encode(sample), reference_bytes, 3),
-            "decode_mb_per_s": mb_per_s(lambda: reference_decode(sample_bits), reference_bytes, 3),
+            "encode_mb_per_s": mb_per_s(lambda: reference_encode(sample), reference_bytes, repeats),
+            "decode_mb_per_s": mb_per_s(
+                lambda: reference_decode(sample_bits), reference_bytes, repeats
+            ),
         },
     }
     for op in ("encode", "decode"):

@@ -12,6 +12,7 @@ import torch
 
 from bitlm.bench.measure import corpus_bytes, median, timings
 from bitlm.bits import FRAME_BITS
+from bitlm.errors import BitLMError
 from bitlm.model.config import ModelConfig
 from bitlm.model.generate import generate_bits
 from bitlm.model.transformer import BitTransformerLM
@@ -27,15 +28,15 @@ def run(
     progress=None,
 ) -> dict[str, Any]:
     if config.unit != "bit":
-        raise ValueError("bitlm-bench generate measures bit models (model.unit=bit)")
+        raise BitLMError("bitlm-bench generate measures bit models (model.unit=bit)")
     window = (max(contexts) // FRAME_BITS + new_bytes + 2) * FRAME_BITS
     config = dataclasses.replace(config, max_seq_len=max(config.max_seq_len, window))
     torch.manual_seed(seed)
     model = BitTransformerLM(config).to(device).eval()
     results: dict[int, dict[str, Any]] = {}
-    for context in contexts:
+    for context in contexts:  # whole frames: the largest prompt that fits in `context` bits
         prompt = corpus_bytes(context // FRAME_BITS)
-        row: dict[str, Any] = {}
+        row: dict[str, Any] = {"context_bits": FRAME_BITS * len(prompt)}
         for name, cached in (("cached", True), ("uncached", False)):
             generator = torch.Generator(device).manual_seed(seed)
 

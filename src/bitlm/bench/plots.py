@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bitlm.files import write_atomic
 
 MIB = 2**20
 
@@ -23,12 +26,11 @@ def save(fig, path: str | Path) -> None:
     """Save ``fig`` as PNG through a temporary file beside ``path``, then close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    image = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, image.getvalue())
 
 
 def memory_figure(result: dict[str, Any], path: str | Path) -> None:
@@ -41,15 +43,10 @@ def memory_figure(result: dict[str, Any], path: str | Path) -> None:
     )
     for ax, (key, label, scale) in zip(axes[0], panels, strict=True):
         for stack, by_depth in result["results"].items():
-            depths = sorted(by_depth, key=int)
-            ax.plot(
-                [int(d) for d in depths],
-                [by_depth[d][key] / scale for d in depths],
-                "o-",
-                label=stack,
-            )
+            rows = sorted((int(depth), row) for depth, row in by_depth.items())  # JSON: str keys
+            ax.plot([d for d, _ in rows], [row[key] / scale for _, row in rows], "o-", label=stack)
         ax.set(xlabel="layers", ylabel=label)
-        ax.set_xticks([int(d) for d in depths])
+        ax.set_xticks([d for d, _ in rows])
         ax.legend()
     fig.suptitle(
         f"One training step, batch {result['batch_size']} × {result['seq_len']} bits, "

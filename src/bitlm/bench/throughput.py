@@ -16,39 +16,43 @@ from torch.utils.data import DataLoader
 
 from bitlm.bench.measure import corpus_batches, median, synchronize
 from bitlm.bits import FRAME_BITS
+from bitlm.errors import BitLMError
 from bitlm.lit.module import BitLMModule, adamw, warmup_cosine
-from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
+
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
+"""Precisions both loops implement identically (the plain loop through ``torch.autocast``)."""
 
 
 class _StepTimer(L.Callback):
-    """Wall-clock time from the start of batch ``skip`` to the end of the last batch."""
+    """Wall-clock time from the start of batch ``untimed`` to the end of batch ``last``."""
 
-    def __init__(self, skip: int, device: torch.device) -> None:
-        self.skip, self.device = skip, device
+    def __init__(self, untimed: int, last: int, device: torch.device) -> None:
+        self.untimed, self.last, self.device = untimed, last, device
         self.start = self.end = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.skip:
+        if batch_idx == self.untimed:
             synchronize(self.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        synchronize(self.device)
-        self.end = time.perf_counter()
+        if batch_idx == self.last:
+            synchronize(self.device)
+            self.end = time.perf_counter()
 
 
 def lightning_seconds(
     config: ModelConfig,
     batches: list[torch.Tensor],
     precision: str,
-    skip: int,
+    untimed: int,
     device: torch.device,
     module_kwargs: dict[str, Any],
 ) -> float:
-    """Seconds ``Trainer.fit`` spends on ``batches[skip:]`` (one optimiser step per batch)."""
+    """Seconds ``Trainer.fit`` spends on ``batches[untimed:]`` (one optimiser step per batch)."""
     module = BitLMModule(config, **module_kwargs)
-    timer = _StepTimer(skip, device)
+    timer = _StepTimer(untimed, len(batches) - 1, device)
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
@@ -72,14 +76,16 @@ def plain_seconds(
     config: ModelConfig,
     batches: list[torch.Tensor],
     precision: str,
-    skip: int,
+    untimed: int,
     device: torch.device,
     module_kwargs: dict[str, Any],
 ) -> float:
     """Seconds a hand-written loop (autocast, backward, AdamW, LR schedule) spends on
-    ``batches[skip:]``: the same work as ``BitLMModule.training_step`` minus the framework."""
-    hp = BitLMModule(config, **module_kwargs).hparams  # the same hyper-parameters and defaults
-    model = build_model(config).to(device).train()
+    ``batches[untimed:]``: the same work as ``BitLMModule.training_step`` minus the framework.
+    The model comes from a ``BitLMModule`` built the same way, so both loops start from the
+    same weights under the same seed."""
+    module = BitLMModule(config, **module_kwargs)
+    hp, model = module.hparams, module.model.to(device).train()
     optimizer = adamw(model, hp.lr, hp.weight_decay, hp.betas)
     schedule = functools.partial(
         warmup_cosine,
@@ -88,10 +94,11 @@ def plain_seconds(
         min_ratio=hp.min_lr_ratio,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in precision)
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     start = 0.0
     for index, batch in enumerate(batches):
-        if index == skip:
+        if index == untimed:
             synchronize(device)
             start = time.perf_counter()
         with autocast:
@@ -110,31 +117,42 @@ def run(
     precisions: list[str],
     batch_size: int,
     steps: int,
-    warmup_steps: int,
+    untimed_steps: int,
     repeats: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Median positions/s and bytes/s of both loops per precision, and the overhead."""
+    """Median positions/s and bytes/s of both loops per precision, and the overhead.
+
+    Positions are what the model runs over: 9 per byte for the bit model, 1 for the byte model.
+    The module's own defaults (learning rate, warm-up, …) apply to both loops.
+    """
+    unsupported = sorted(set(precisions) - set(PRECISIONS))
+    if unsupported:
+        raise BitLMError(f"precisions {unsupported} not supported here: use {list(PRECISIONS)}")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner per fit
-    seq_len = config.max_seq_len
-    batches = corpus_batches(steps, batch_size, seq_len, seed)
-    positions = (steps - warmup_steps) * batch_size * seq_len
-    per_byte = FRAME_BITS if config.unit == "bit" else 1
-    kwargs = {"warmup_steps": min(10, steps)}
+    batches = corpus_batches(steps, batch_size, config.max_seq_len, seed)
+    n_bytes = (steps - untimed_steps) * batch_size * (config.max_seq_len // FRAME_BITS)
+    positions_per_byte = FRAME_BITS if config.unit == "bit" else 1
     results = {}
     for precision in precisions:
         seconds: dict[str, list[float]] = {"lightning": [], "plain": []}
         for _ in range(repeats):  # alternate, so drift in machine speed hits both alike
             for name, loop in (("lightning", lightning_seconds), ("plain", plain_seconds)):
                 torch.manual_seed(seed)
-                seconds[name].append(loop(config, batches, precision, warmup_steps, device, kwargs))
-        rates = {name: positions / median(s) for name, s in seconds.items()}
+                seconds[name].append(loop(config, batches, precision, untimed_steps, device, {}))
+        bytes_per_s = {name: n_bytes / median(s) for name, s in seconds.items()}
         results[precision] = {
             **{
-                name: {"positions_per_s": rate, "bytes_per_s": rate / per_byte}
-                for name, rate in rates.items()
+                name: {"positions_per_s": rate * positions_per_byte, "bytes_per_s": rate}
+                for name, rate in bytes_per_s.items()
             },
-            "overhead": 1.0 - rates["lightning"] / rates["plain"],
+            "overhead": 1.0 - bytes_per_s["lightning"] / bytes_per_s["plain"],
             "seconds": seconds,
         }
-    return {"batch_size": batch_size, "seq_len": seq_len, "steps": steps, "results": results}
+    return {
+        "batch_size": batch_size,
+        "seq_len": config.max_seq_len,
+        "steps": steps,
+        "untimed_steps": untimed_steps,
+        "results": results,
+    }

@@ -26,15 +26,17 @@ def _progress(message: str) -> None:
 
 def _train_throughput(cfg: DictConfig) -> dict[str, Any]:
     _check_positive(cfg, "batch_size", "steps", "repeats")
-    if not 0 <= cfg.warmup_steps < cfg.steps:
-        raise BitLMError(f"warmup_steps must be in [0, steps={cfg.steps}), got {cfg.warmup_steps}")
+    if not 0 <= cfg.untimed_steps < cfg.steps:
+        raise BitLMError(
+            f"untimed_steps must be in [0, steps={cfg.steps}), got {cfg.untimed_steps}"
+        )
     return throughput.run(
         instantiate(cfg.model),
         pick_device(cfg.device),
         list(cfg.precisions),
         cfg.batch_size,
         cfg.steps,
-        cfg.warmup_steps,
+        cfg.untimed_steps,
         cfg.repeats,
         cfg.seed,
     )
@@ -42,6 +44,7 @@ def _train_throughput(cfg: DictConfig) -> dict[str, Any]:
 
 def _memory(cfg: DictConfig) -> dict[str, Any]:
     _check_positive(cfg, "batch_size", "repeats")
+    _check_nonempty(cfg, "depths", "stacks")
     return memory.run(
         instantiate(cfg.model),
         pick_device(cfg.device),
@@ -56,6 +59,7 @@ def _memory(cfg: DictConfig) -> dict[str, Any]:
 
 def _attention(cfg: DictConfig) -> dict[str, Any]:
     _check_positive(cfg, "chunk_size", "batch_size", "repeats")
+    _check_nonempty(cfg, "lengths")
     return attention.run(
         instantiate(cfg.model),
         pick_device(cfg.device),
@@ -70,6 +74,7 @@ def _attention(cfg: DictConfig) -> dict[str, Any]:
 
 def _generate(cfg: DictConfig) -> dict[str, Any]:
     _check_positive(cfg, "new_bytes", "repeats")
+    _check_nonempty(cfg, "contexts")
     return generation.run(
         instantiate(cfg.model),
         pick_device(cfg.device),
@@ -115,6 +120,12 @@ BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
 }
 
 
+def _check_nonempty(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        if not cfg[key]:
+            raise BitLMError(f"{key} must be a non-empty list, e.g. {key}=[…]")
+
+
 def _check_positive(cfg: DictConfig, *keys: str) -> None:
     for key in keys:
         value = cfg[key]
@@ -127,12 +138,9 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     if cfg.plot and name not in FIGURES:
         raise BitLMError(f"plot= is for {', '.join(FIGURES)}; {name} reports numbers only")
     torch.manual_seed(cfg.seed)
-    result = {
-        "benchmark": name,
-        **BENCHMARKS[name](cfg),
-        "repeats": cfg.repeats,
-        "machine": machine(),
-    }
+    result = {"benchmark": name, **BENCHMARKS[name](cfg), "machine": machine()}
+    if name != "compare":  # the others time everything `repeats` times
+        result["repeats"] = cfg.repeats
     if cfg.output:
         write_atomic(cfg.output, (json.dumps(result) + "\n").encode())
     if cfg.plot:

@@ -1,4 +1,5 @@
-"""Autoregressive bit sampling with a key/value cache, parity-aware so that output always decodes.
+"""Autoregressive bit sampling (with a key/value cache by default), parity-aware so that output
+always decodes.
 
 Each new byte costs 9 single-position forward passes: 8 for the data bits, which are sampled, and
 one to feed the parity bit, which is *computed* (XOR of the 8 data bits) and never sampled. Every
@@ -62,7 +63,7 @@ class _Decoder:
     def feed(self, bit: Tensor) -> None:
         """Append bit (B,) to the context and compute the logits of the bit after it."""
         self.context = torch.cat((self.context, bit[:, None].to(self.context.dtype)), dim=1)
-        position = self.caches[0].length if self.caches else self.max_len
+        position = self.caches[0].length if self.caches is not None else self.max_len
         if position >= self.max_len:
             self._refill()
         else:

@@ -34,7 +34,9 @@ class ModelConfig:
     # Recompute each block in backward (torch.utils.checkpoint); for reversible=False only.
     activation_checkpointing: bool = False
     # Process attention queries in chunks of this many positions (bounds the score matrix to
-    # chunk × keys); None = all at once. The result is identical either way.
+    # chunk × keys); None = all at once. The result is identical either way. Keep None where
+    # SDPA has a fused causal kernel (CPU, CUDA): it never builds the score matrix, and chunks
+    # after the first need an explicit mask that costs time and memory (experiments/microbench).
     attn_chunk_size: int | None = None
     rope_base: float = 10_000.0
     bias: bool = False

@@ -4,7 +4,6 @@ their steady-state rates (steps after the warm-up ones)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import warnings
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader
 from bitlm.bench.measure import corpus_batches, median, synchronize
 from bitlm.bits import FRAME_BITS
 from bitlm.errors import BitLMError
-from bitlm.lit.module import BitLMModule, adamw, warmup_cosine
+from bitlm.lit.module import BitLMModule, optimizer_and_schedule
 from bitlm.model.config import ModelConfig
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
@@ -86,14 +85,7 @@ def plain_seconds(
     same weights under the same seed."""
     module = BitLMModule(config, **module_kwargs)
     hp, model = module.hparams, module.model.to(device).train()
-    optimizer = adamw(model, hp.lr, hp.weight_decay, hp.betas)
-    schedule = functools.partial(
-        warmup_cosine,
-        warmup_steps=hp.warmup_steps,
-        total_steps=len(batches),
-        min_ratio=hp.min_lr_ratio,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer, scheduler = optimizer_and_schedule(model, hp, len(batches))
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     start = 0.0

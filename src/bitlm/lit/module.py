@@ -61,37 +61,40 @@ class BitLMModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (weight decay on matrices only) with linear warmup then cosine decay per step."""
-        hp = self.hparams
-        optimizer = adamw(self, hp.lr, hp.weight_decay, hp.betas)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ValueError(
                 "set trainer.max_steps or trainer.max_epochs: the LR schedule needs it"
             )
-        schedule = functools.partial(
-            warmup_cosine,
-            warmup_steps=hp.warmup_steps,
-            total_steps=int(total),
-            min_ratio=hp.min_lr_ratio,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer, scheduler = optimizer_and_schedule(self, self.hparams, int(total))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
 
-def adamw(
-    model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings, projections) only: decaying biases and
-    norm gains pulls them towards 0, which is not a prior anyone wants."""
+def optimizer_and_schedule(
+    model: torch.nn.Module, hp: Mapping[str, Any], total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``model`` with the module's hyper-parameters ``hp``, and its per-step
+    :func:`warmup_cosine` schedule over ``total_steps``.
+
+    Weight decay applies to matrices (embeddings, projections) only: decaying biases and norm
+    gains pulls them towards 0, which is not a prior anyone wants.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    optimizer = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]))
+    schedule = functools.partial(
+        warmup_cosine,
+        warmup_steps=hp["warmup_steps"],
+        total_steps=total_steps,
+        min_ratio=hp["min_lr_ratio"],
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

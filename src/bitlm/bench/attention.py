@@ -65,4 +65,9 @@ def run(
             1, row["unchunked"]["peak_bytes"]
         )
         results[length] = row
-    return {"chunk_size": chunk_size, "batch_size": batch_size, "results": results}
+    return {
+        "chunk_size": chunk_size,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "results": results,
+    }

@@ -62,4 +62,9 @@ def run(n_bytes: int, reference_bytes: int, repeats: int) -> dict[str, Any]:
     for op in ("encode", "decode"):
         key = f"{op}_mb_per_s"
         results[f"{op}_speedup"] = results["bitlm"][key] / results["reference"][key]
-    return {"bytes": n_bytes, "reference_bytes": reference_bytes, "results": results}
+    return {
+        "bytes": n_bytes,
+        "reference_bytes": reference_bytes,
+        "repeats": repeats,
+        "results": results,
+    }

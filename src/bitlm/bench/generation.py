@@ -49,4 +49,9 @@ def run(
                 progress(f"{context} bits of context, {name}: {row[name]}")
         row["speedup"] = row["cached"]["bytes_per_s"] / row["uncached"]["bytes_per_s"]
         results[context] = row
-    return {"new_bytes": new_bytes, "max_seq_len": config.max_seq_len, "results": results}
+    return {
+        "new_bytes": new_bytes,
+        "max_seq_len": config.max_seq_len,
+        "repeats": repeats,
+        "results": results,
+    }

@@ -111,6 +111,7 @@ def run(
                     row["step_seconds"] / results["plain"][depth]["step_seconds"]
                 )
     return {
+        "repeats": repeats,
         "batch_size": batch_size,
         "seq_len": config.max_seq_len,
         "d_model": config.d_model,

@@ -142,6 +142,7 @@ def run(
             "seconds": seconds,
         }
     return {
+        "repeats": repeats,
         "batch_size": batch_size,
         "seq_len": config.max_seq_len,
         "steps": steps,

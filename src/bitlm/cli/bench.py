@@ -139,8 +139,6 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         raise BitLMError(f"plot= is for {', '.join(FIGURES)}; {name} reports numbers only")
     torch.manual_seed(cfg.seed)
     result = {"benchmark": name, **BENCHMARKS[name](cfg), "machine": machine()}
-    if name != "compare":  # the others time everything `repeats` times
-        result["repeats"] = cfg.repeats
     if cfg.output:
         write_atomic(cfg.output, (json.dumps(result) + "\n").encode())
     if cfg.plot:

@@ -8,12 +8,19 @@ from bitlm.lit.module import BitLMModule
 from bitlm.model.config import ModelConfig
 
 
-@pytest.mark.parametrize(("unit", "reversible"), [("bit", True), ("bit", False), ("byte", False)])
-def test_tiny_fit_lowers_validation_bpb(tmp_path, unit, reversible):
+@pytest.mark.parametrize(
+    "model",
+    [
+        dict(unit="bit", reversible=True),
+        dict(unit="bit", reversible=False),
+        dict(unit="bit", trunk="hierarchical"),
+        dict(unit="byte", reversible=False),
+    ],
+    ids=["bit", "bit_plain", "hierarchical", "byte"],
+)
+def test_tiny_fit_lowers_validation_bpb(tmp_path, model):
     L.seed_everything(0)
-    config = ModelConfig(
-        unit=unit, d_model=64, n_heads=2, n_layers=2, max_seq_len=288, reversible=reversible
-    )
+    config = ModelConfig(d_model=64, n_heads=2, n_layers=2, max_seq_len=288, **model)
     module = BitLMModule(config, lr=3e-3, warmup_steps=5)
     datamodule = BitDataModule(seq_len=288, batch_size=8, cache_dir=str(tmp_path))
     trainer = L.Trainer(

@@ -1,4 +1,5 @@
-"""BitTransformerLM: config validation, attention, reversible stack, generation."""
+"""Bit models (flat and hierarchical trunks) and the byte baseline: config validation,
+attention, reversible stack, causality, parity, generation."""
 
 import pytest
 import torch
@@ -6,10 +7,13 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from bitlm.bits import bits_to_bytes, bytes_to_bits
 from bitlm.errors import BitLMError
+from bitlm.model import HierarchicalBitLM, build_model
 from bitlm.model.attention import SelfAttention
 from bitlm.model.config import ModelConfig
 from bitlm.model.generate import generate
-from bitlm.model.transformer import BitTransformerLM, shift_right
+from bitlm.model.transformer import BitTransformerLM
+
+TRUNKS = ["flat", "hierarchical"]
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -28,6 +32,10 @@ def tiny(**overrides) -> ModelConfig:
         (dict(dropout="abc"), "dropout"),
         (dict(attn_chunk_size=1.5), "attn_chunk_size"),
         (dict(reversible="yes"), "true or false"),
+        (dict(trunk="patch"), "flat' or 'hierarchical"),
+        (dict(unit="byte", trunk="hierarchical"), "model.trunk=flat"),
+        (dict(trunk="hierarchical", local_d_model=30, local_n_heads=4), "local_d_model"),
+        (dict(trunk="hierarchical", local_n_layers=0), "local_n_layers"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -58,19 +66,21 @@ def test_chunked_attention_equals_unchunked(causal, chunk):
 
 def _loss_and_grads(model, bits, memory_efficient):
     model.zero_grad()
+    model.trunk.memory_efficient = memory_efficient
     torch.manual_seed(123)  # same dropout masks for both runs
-    x = model.embed(shift_right(bits).long())
-    h = model.trunk(x, model.rope(0, bits.size(1)), True, None, memory_efficient=memory_efficient)
-    logits = model.head(model.norm(h))
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), bits.flatten().long())
+    loss, _ = model.score(bits)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("trunk", TRUNKS)
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_reversible_gradients_match_plain_autograd(dropout):
+def test_reversible_gradients_match_plain_autograd(trunk, dropout):
+    """The custom backward (inputs recomputed from outputs) gives ordinary autograd's gradients,
+    for every parameter, in float64; for the hierarchical trunk the global stack is reversible and
+    the in-frame decoder sits on top of it."""
     torch.manual_seed(0)
-    model = BitTransformerLM(tiny(n_layers=4, dropout=dropout)).double().train()
+    model = build_model(tiny(n_layers=4, dropout=dropout, trunk=trunk)).double().train()
     bits = torch.randint(0, 2, (3, 72))
     loss_rev, grads_rev = _loss_and_grads(model, bits, memory_efficient=True)
     loss_ref, grads_ref = _loss_and_grads(model, bits, memory_efficient=False)
@@ -117,9 +127,10 @@ def test_reversible_activation_memory_does_not_grow_with_depth():
     assert plain[2] > 4 * reversible[2]
 
 
-def test_reversible_backward_under_bf16_autocast():
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_reversible_backward_under_bf16_autocast(trunk):
     torch.manual_seed(0)
-    model = BitTransformerLM(tiny()).train()
+    model = build_model(tiny(trunk=trunk)).train()
     bits = torch.randint(0, 2, (2, 72))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, _ = model(bits)
@@ -127,12 +138,13 @@ def test_reversible_backward_under_bf16_autocast():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_forward_predicts_each_bit_from_its_prefix_only():
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_forward_predicts_each_bit_from_its_prefix_only(trunk):
     torch.manual_seed(0)
-    model = BitTransformerLM(tiny()).eval()
+    model = build_model(tiny(trunk=trunk)).eval()
     bits = torch.randint(0, 2, (1, 72))
     changed = bits.clone()
-    changed[0, 40:] ^= 1
+    changed[0, 40:] ^= 1  # from the middle of frame 4 on
     logits, telemetry = model(bits)
     logits_changed, _ = model(changed)
     assert logits.shape == (1, 72, 2) and isinstance(telemetry, dict)
@@ -140,10 +152,59 @@ def test_forward_predicts_each_bit_from_its_prefix_only():
     assert not torch.allclose(logits[:, 41:], logits_changed[:, 41:])
 
 
-def _greedy_uncached(model: BitTransformerLM, prompt: bytes, n_bytes: int) -> bytes:
+def test_hierarchical_trunk_runs_once_per_byte_and_computes_parity():
+    torch.manual_seed(0)
+    model = build_model(tiny(trunk="hierarchical")).eval()
+    assert isinstance(model, HierarchicalBitLM)
+    seen = []
+    model.trunk.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    bits = bytes_to_bits(b"parity!?")[None]  # 8 frames
+    logits, _ = model(bits)
+    assert seen == [torch.Size([1, 8, 32])]  # one global position per frame, not 9
+    frames = bits.view(8, 9)
+    parity_logits = logits.view(8, 9, 2)[:, 8]
+    torch.testing.assert_close(parity_logits.argmax(-1), frames[:, :8].sum(-1) % 2)
+    loss_data, byte_bits = model.score(bits)
+    loss_all, byte_bits_all = model.score(bits, include_parity=True)
+    # parity CE is 0: over 9 positions the mean is 8/9 of the data-bit mean; bpb is unchanged
+    assert loss_all.item() == pytest.approx(loss_data.item() * 8 / 9, rel=1e-6)
+    torch.testing.assert_close(byte_bits, byte_bits_all)
+    with pytest.raises(BitLMError, match=r"model\.trunk=flat"):
+        model(bits, causal=False)
+
+
+@pytest.mark.parametrize("local_decoder", ["tree", "transformer"])
+def test_hierarchical_bit_probabilities_form_one_distribution_over_bytes(local_decoder):
+    """Π_j p(b_j | b_<j) over the 8 data bits, summed over all 256 bytes, is 1: the in-frame
+    decoder is a proper autoregressive factorisation, whatever its weights."""
+    torch.manual_seed(0)
+    model = build_model(tiny(trunk="hierarchical", local_decoder=local_decoder)).eval()
+    prefix = bytes_to_bits(b"ctx")
+    frames = torch.stack([torch.cat((prefix, bytes_to_bits(bytes([v])))) for v in range(256)])
+    with torch.no_grad():
+        logits, _ = model(frames)
+    last = frames[:, -9:-1].long()  # data bits of the enumerated byte
+    log_p = torch.log_softmax(logits[:, -9:-1].double(), -1).gather(-1, last[..., None])
+    assert log_p.sum((1, 2)).exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_tree_decoder_reads_the_node_of_each_prefix():
+    """Bit j is predicted by the heap node 2^j − 1 + (value of b_0 … b_{j-1})."""
+    from bitlm.model.hierarchical import TREE_NODES, TreeDecoder
+
+    node_logits = torch.arange(2 * TREE_NODES, dtype=torch.float32)[None]  # logit = 2·node (+1)
+    data = [1, 0, 1, 1, 0, 0, 1, 0]
+    symbols = torch.tensor([[2, *data[:-1]]])  # MASK, b_0 … b_6
+    nodes = TreeDecoder(tiny())(node_logits, symbols)[0, :, 0] / 2
+    prefix_values = [int("".join(map(str, data[:j])) or "0", 2) for j in range(8)]
+    assert nodes.tolist() == [2**j - 1 + v for j, v in enumerate(prefix_values)]
+
+
+def _greedy_uncached(model, prompt: bytes, n_bytes: int) -> bytes:
     """Greedy decoding by re-running the full forward pass for every bit. The visible context is
     cut like the cached decoder's: once it fills the window, whole frames are dropped from the
-    front until at most half the window is left."""
+    front until at most half the window is left. The probe is padded to whole frames (the
+    hierarchical trunk reads frames); causality makes the padding invisible to bit t."""
     max_len, keep = model.config.max_seq_len, model.config.max_seq_len // 2
     context = bytes_to_bits(prompt)[None].long()
     out = []
@@ -154,8 +215,8 @@ def _greedy_uncached(model: BitTransformerLM, prompt: bytes, n_bytes: int) -> by
                 drop = -(-(context.size(1) - keep) // 9) * 9
                 context = context[:, drop:]
             if j < 8:
-                probe = torch.cat((context, torch.zeros(1, 1, dtype=torch.long)), dim=1)
-                bit = model(probe)[0][:, -1:].argmax(-1)
+                probe = torch.cat((context, torch.zeros(1, 9 - j, dtype=torch.long)), dim=1)
+                bit = model(probe)[0][:, context.size(1)].argmax(-1, keepdim=True)
             else:
                 bit = torch.stack(frame).sum().reshape(1, 1) % 2
             frame.append(bit[0, 0])
@@ -164,32 +225,36 @@ def _greedy_uncached(model: BitTransformerLM, prompt: bytes, n_bytes: int) -> by
     return bits_to_bytes(torch.cat(out))
 
 
+@pytest.mark.parametrize("trunk", TRUNKS)
 @pytest.mark.parametrize("reversible", [True, False])
 @pytest.mark.parametrize("n_bytes", [10, 40])  # 40 bytes: the 16-byte window is cut 4 times
-def test_kv_cache_greedy_generation_matches_uncached(reversible, n_bytes):
+def test_kv_cache_greedy_generation_matches_uncached(trunk, reversible, n_bytes):
     torch.manual_seed(0)
-    model = BitTransformerLM(tiny(n_layers=3, max_seq_len=144, reversible=reversible)).eval()
+    config = tiny(n_layers=3, max_seq_len=144, reversible=reversible, trunk=trunk)
+    model = build_model(config).eval()
     with torch.no_grad():
         expected = _greedy_uncached(model, b"Hi!", n_bytes)
     assert generate(model, b"Hi!", n_bytes, temperature=0) == expected
     assert generate(model, b"Hi!", n_bytes, temperature=0, kv_cache=False) == expected
 
 
+@pytest.mark.parametrize("trunk", TRUNKS)
 @pytest.mark.parametrize("seed", range(3))
-def test_generated_bits_always_decode_even_past_the_context(seed):
+def test_generated_bits_always_decode_even_past_the_context(trunk, seed):
     """An untrained model's guesses about parity are random; output must still decode, also
     after the context window (8 bytes here) has been cut back several times."""
     torch.manual_seed(seed)
-    model = BitTransformerLM(tiny())
+    model = build_model(tiny(trunk=trunk))
     generator = torch.Generator().manual_seed(seed)
     out = generate(model, b"abc", 40, temperature=1.5, generator=generator)
     assert len(out) == 40
     assert bits_to_bytes(bytes_to_bits(out)) == out
 
 
-def test_generate_stops_at_stop_string_and_handles_empty_prompt():
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_generate_stops_at_stop_string_and_handles_empty_prompt(trunk):
     torch.manual_seed(0)
-    model = BitTransformerLM(tiny())
+    model = build_model(tiny(trunk=trunk))
     full = generate(model, b"", 30, temperature=0)
     assert len(full) == 30
     stop = full[5:7]
@@ -198,7 +263,7 @@ def test_generate_stops_at_stop_string_and_handles_empty_prompt():
 
 
 def test_byte_baseline_is_causal_over_bytes_and_scores_every_byte():
-    from bitlm.model import ByteTransformerLM, build_model
+    from bitlm.model import ByteTransformerLM
 
     torch.manual_seed(0)
     model = build_model(tiny(unit="byte", reversible=False)).eval()
@@ -217,13 +282,12 @@ def test_byte_baseline_is_causal_over_bytes_and_scores_every_byte():
 
 def test_export_round_trip_keeps_the_model_kind(tmp_path):
     from bitlm.hub import load_model, save_pretrained
-    from bitlm.model import build_model
 
-    for unit in ("bit", "byte"):
+    for unit, trunk in (("bit", "flat"), ("bit", "hierarchical"), ("byte", "flat")):
         torch.manual_seed(0)
-        model = build_model(tiny(unit=unit)).eval()
-        save_pretrained(model, tmp_path / unit)
-        loaded = load_model(tmp_path / unit)
+        model = build_model(tiny(unit=unit, trunk=trunk)).eval()
+        save_pretrained(model, tmp_path / trunk / unit)
+        loaded = load_model(tmp_path / trunk / unit)
         assert type(loaded) is type(model)
         bits = bytes_to_bits(b"roundtr!")[None]  # 8 bytes = 72 bits, the whole context
         torch.testing.assert_close(loaded(bits)[0], model(bits)[0])

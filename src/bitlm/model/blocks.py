@@ -99,18 +99,15 @@ class ReversibleStack(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.dropout = config.dropout
+        # False runs the same coupling under ordinary autograd, storing activations: the
+        # reference the custom backward is checked against
+        self.memory_efficient = True
 
     def forward(
-        self,
-        x: Tensor,
-        rope: Rope,
-        causal: bool,
-        caches: Sequence[KVCache] | None = None,
-        memory_efficient: bool = True,
+        self, x: Tensor, rope: Rope, causal: bool, caches: Sequence[KVCache] | None = None
     ) -> Tensor:
-        """``memory_efficient=False`` runs the same coupling under ordinary autograd (used to check
-        the custom backward); inference and KV-cached decoding always take the plain path."""
-        if memory_efficient and caches is None and torch.is_grad_enabled():
+        """Inference and KV-cached decoding take the plain path (nothing to save for backward)."""
+        if self.memory_efficient and caches is None and torch.is_grad_enabled():
             params = [p for p in self.parameters() if p.requires_grad]
             y1, y2 = _ReversibleFunction.apply(x, x, self, rope, causal, *params)
         else:

@@ -22,6 +22,12 @@ class ModelConfig:
     # what the model predicts: "bit" (BitTransformerLM: 2-way, 9 positions per byte) or "byte"
     # (ByteTransformerLM, the byte-level baseline: 256-way, one position per byte)
     unit: str = "bit"
+    # how a bit model covers its frames: "flat" runs the stack over all 9 bit positions of every
+    # byte; "hierarchical" runs it once per frame (byte rate) and predicts the frame's 8 data bits
+    # with an in-frame decoder (model/hierarchical.py). configs/model/small.yaml picks
+    # hierarchical; the default here stays flat so config.json files written before the
+    # hierarchical trunk existed still load as the model they describe.
+    trunk: str = "flat"
     d_model: int = 256
     n_heads: int = 4
     n_layers: int = 4
@@ -40,6 +46,13 @@ class ModelConfig:
     attn_chunk_size: int | None = None
     rope_base: float = 10_000.0
     bias: bool = False
+    # the in-frame bit decoder of trunk="hierarchical": "tree" (one binary decision per prefix,
+    # logits from the global head) or "transformer" (a causal stack of local_* size over the
+    # 8 data-bit positions)
+    local_decoder: str = "tree"
+    local_d_model: int = 64
+    local_n_heads: int = 2
+    local_n_layers: int = 1
 
     def __post_init__(self) -> None:
         if self.d_ff is None:
@@ -55,23 +68,66 @@ class ModelConfig:
         """Context length in bytes (frames)."""
         return self.max_seq_len // FRAME_BITS
 
+    @property
+    def trunk_positions(self) -> int:
+        """Positions the main stack attends over: one per bit for the flat bit model, one per
+        frame for the hierarchical trunk and the byte-level baseline."""
+        return self.max_seq_len if self.unit == "bit" and self.trunk == "flat" else self.max_bytes
+
+    def local_config(self) -> ModelConfig:
+        """The in-frame decoder's own config: a plain causal stack of ``local_*`` size over the 8
+        data-bit positions of one frame (max_seq_len 9, the smallest valid window)."""
+        return ModelConfig(
+            d_model=self.local_d_model,
+            n_heads=self.local_n_heads,
+            n_layers=self.local_n_layers,
+            max_seq_len=FRAME_BITS,
+            dropout=self.dropout,
+            reversible=False,
+            rope_base=self.rope_base,
+            bias=self.bias,
+        )
+
     def _validate(self) -> None:
-        for name in ("d_model", "n_heads", "n_layers", "d_ff"):
+        for name in (
+            "d_model",
+            "n_heads",
+            "n_layers",
+            "d_ff",
+            "local_d_model",
+            "local_n_heads",
+            "local_n_layers",
+        ):
             if not _is_positive_int(getattr(self, name)):
                 raise BitLMError(
                     f"model.{name} must be a positive integer, got {getattr(self, name)!r}"
                 )
-        if self.d_model % self.n_heads:
-            raise BitLMError(
-                f"model.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
-            )
-        if self.head_dim % 2:
-            raise BitLMError(
-                f"model.d_model / n_heads = {self.head_dim} must be even for rotary embeddings"
-            )
+        for prefix in ("", "local_"):
+            width, heads = getattr(self, f"{prefix}d_model"), getattr(self, f"{prefix}n_heads")
+            if width % heads:
+                raise BitLMError(
+                    f"model.{prefix}d_model ({width}) must be divisible by "
+                    f"{prefix}n_heads ({heads})"
+                )
+            if width // heads % 2:
+                raise BitLMError(
+                    f"model.{prefix}d_model / {prefix}n_heads = {width // heads} must be even "
+                    "for rotary embeddings"
+                )
         frames_in(self.max_seq_len, "model.max_seq_len")
         if self.unit not in ("bit", "byte"):
             raise BitLMError(f"model.unit must be 'bit' or 'byte', got {self.unit!r}")
+        if self.trunk not in ("flat", "hierarchical"):
+            raise BitLMError(f"model.trunk must be 'flat' or 'hierarchical', got {self.trunk!r}")
+        if self.local_decoder not in ("tree", "transformer"):
+            raise BitLMError(
+                f"model.local_decoder must be 'tree' or 'transformer', got {self.local_decoder!r}"
+            )
+        if self.unit == "byte" and self.trunk != "flat":
+            raise BitLMError(
+                "model.trunk=hierarchical is a bit-model trunk; the byte-level baseline "
+                "(model.unit=byte) already runs at one position per byte: use model.trunk=flat"
+            )
         for name in ("reversible", "activation_checkpointing", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise BitLMError(f"model.{name} must be true or false, got {getattr(self, name)!r}")

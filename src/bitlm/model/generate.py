@@ -1,9 +1,10 @@
 """Autoregressive bit sampling (with a key/value cache by default), parity-aware so that output
 always decodes.
 
-Each new byte costs 9 single-position forward passes: 8 for the data bits, which are sampled, and
-one to feed the parity bit, which is *computed* (XOR of the 8 data bits) and never sampled. Every
-emitted frame therefore has even parity by construction, whatever the model believes.
+Each new byte is 8 data bits, which are sampled, and one parity bit, which is *computed* (XOR of
+the 8 data bits) and never sampled. Every emitted frame therefore has even parity by
+construction, whatever the model believes. The flat trunk pays 9 single-position passes of its
+stack per byte; the hierarchical trunk one pass of its global stack and 8 of its in-frame decoder.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import torch
 from torch import Tensor
 
 from bitlm.bits import DATA_BITS, FRAME_BITS, bits_to_bytes, bytes_to_bits, decode_bits
+from bitlm.model import BitModel
 from bitlm.model.attention import KVCache
+from bitlm.model.hierarchical import HierarchicalBitLM, parity_logits
 from bitlm.model.transformer import MASK, BitTransformerLM, evaluating
 
 
@@ -32,8 +35,17 @@ def sample_bit(
     return torch.where(confident, probs.argmax(-1), sampled)
 
 
-class _Decoder:
-    """Feeds one symbol at a time through the model, keeping the KV cache and the context window.
+def _recent_frames(context: Tensor, limit: int, keep: int) -> Tensor:
+    """``context`` (B, bits) if it holds at most ``limit`` bits, else its last whole frames,
+    at most ``keep`` bits of them: the window a full cache is refilled with."""
+    if context.size(1) <= limit:
+        return context
+    excess = context.size(1) - keep
+    return context[:, -(-excess // FRAME_BITS) * FRAME_BITS :]
+
+
+class _BitDecoder:
+    """Flat trunk: feeds one bit at a time through the model, keeping the KV cache and the window.
 
     When the cache is full, the oldest whole frames are dropped until half the window is left and
     the rest is re-encoded behind a fresh START symbol, exactly as the training windows look.
@@ -45,14 +57,11 @@ class _Decoder:
         self.model = model
         self.kv_cache = kv_cache
         self.max_len = model.config.max_seq_len
-        self.keep = self.max_len // 2
         self.context = context  # (B, n) bits seen so far, starting on a frame boundary
         self._refill()
 
     def _refill(self) -> None:
-        if self.context.size(1) > self.max_len - 1:
-            excess = self.context.size(1) - self.keep
-            self.context = self.context[:, -(-excess // FRAME_BITS) * FRAME_BITS :]
+        self.context = _recent_frames(self.context, self.max_len - 1, self.max_len // 2)
         start = torch.full((self.context.size(0), 1), MASK, device=self.context.device)
         self.caches: list[KVCache] | None = (
             self.model.new_caches(self.context.size(0)) if self.kv_cache else None
@@ -71,9 +80,64 @@ class _Decoder:
             self.logits = self.model.predict(symbols, start=position, caches=self.caches)[:, -1]
 
 
+class _FrameDecoder:
+    """Hierarchical trunk: one global step per frame, key/value-cached at frame level; for each
+    data bit the in-frame decoder re-reads the frame's bits so far (at most 8 positions, too few
+    to be worth a cache). The window policy is ``_BitDecoder``'s, counted in frames; without the
+    cache every frame re-encodes the whole context."""
+
+    def __init__(self, model: HierarchicalBitLM, context: Tensor, kv_cache: bool = True) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.max_frames = model.config.max_bytes
+        self.context = context  # (B, 9m) bits seen so far, whole frames
+        self._refill()
+
+    def _refill(self) -> None:
+        limit, keep = (self.max_frames - 1) * FRAME_BITS, self.max_frames // 2 * FRAME_BITS
+        self.context = _recent_frames(self.context, limit, keep)
+        B = self.context.size(0)
+        self.caches: list[KVCache] | None = self.model.new_caches(B) if self.kv_cache else None
+        start = torch.full((B, 1, FRAME_BITS), MASK, device=self.context.device)
+        frames = torch.cat((start, self.context.long().view(B, -1, FRAME_BITS)), dim=1)
+        self._start_frame(self.model.frame_contexts(frames, caches=self.caches)[:, -1])
+
+    def _start_frame(self, frame_context: Tensor) -> None:
+        """Begin a new frame conditioned on ``frame_context`` (B, local_d_model)."""
+        self.frame_context = frame_context
+        self.symbols = torch.full((frame_context.size(0), 1), MASK, device=frame_context.device)
+        self.logits = self.model.local(self.frame_context, self.symbols)[:, -1]  # (B, 2)
+
+    def feed(self, bit: Tensor) -> None:
+        """Append bit (B,) to the context and compute the logits of the bit after it."""
+        self.context = torch.cat((self.context, bit[:, None].to(self.context.dtype)), dim=1)
+        if self.symbols.size(1) <= DATA_BITS:  # a data bit
+            self.symbols = torch.cat((self.symbols, bit[:, None].long()), dim=1)
+            data = self.symbols[:, 1:]
+            if data.size(1) == DATA_BITS:  # the parity bit comes next: computed, not predicted
+                self.logits = parity_logits(data)[:, 0]
+            else:
+                self.logits = self.model.local(self.frame_context, self.symbols)[:, -1]
+            return
+        position = self.caches[0].length if self.caches is not None else self.max_frames
+        if position >= self.max_frames:
+            self._refill()
+        else:
+            last = self.context[:, -FRAME_BITS:].long()[:, None]  # (B, 1, 9)
+            self._start_frame(
+                self.model.frame_contexts(last, start=position, caches=self.caches)[:, -1]
+            )
+
+
+def _decoder(model: BitModel, context: Tensor, kv_cache: bool) -> _BitDecoder | _FrameDecoder:
+    if isinstance(model, HierarchicalBitLM):
+        return _FrameDecoder(model, context, kv_cache)
+    return _BitDecoder(model, context, kv_cache)
+
+
 @torch.no_grad()
 def generate_bits(
-    model: BitTransformerLM,
+    model: BitModel,
     prompt: bytes,
     max_new_bytes: int,
     *,
@@ -93,7 +157,7 @@ def generate_bits(
     text = bytearray()
     with evaluating(model):
         device = model.head.weight.device
-        decoder = _Decoder(model, bytes_to_bits(prompt).to(device)[None], kv_cache)  # (1, 9·len)
+        decoder = _decoder(model, bytes_to_bits(prompt).to(device)[None], kv_cache)  # (1, 9·len)
         for _ in range(max_new_bytes):
             frames.append(_next_frame(decoder, temperature, top_p, generator))
             text += decode_bits(frames[-1], errors="repair")[0]
@@ -103,12 +167,14 @@ def generate_bits(
     return torch.cat(frames) if frames else torch.zeros(0, dtype=torch.uint8)
 
 
-def generate(model: BitTransformerLM, prompt: bytes, max_new_bytes: int, **kwargs) -> bytes:
+def generate(model: BitModel, prompt: bytes, max_new_bytes: int, **kwargs) -> bytes:
     """``generate_bits`` decoded to bytes (strictly: a parity failure would raise)."""
     return bits_to_bytes(generate_bits(model, prompt, max_new_bytes, **kwargs))
 
 
-def _next_frame(decoder: _Decoder, temperature: float, top_p: float, generator) -> Tensor:
+def _next_frame(
+    decoder: _BitDecoder | _FrameDecoder, temperature: float, top_p: float, generator
+) -> Tensor:
     """Sample 8 data bits, feed the computed parity bit, return the frame (9,) on the CPU."""
     data = []
     for _ in range(DATA_BITS):

@@ -10,6 +10,9 @@ Pipeline, for bits (B, L) with L a multiple of 9::
 
 The frame embedding tells every position which bit of its byte it predicts (data bit 0–7 or the
 parity bit), which a flat bit stream could otherwise only infer from counting.
+
+This is the flat trunk (``trunk=flat``): nine positions of the stack per byte. The hierarchical
+trunk (``model/hierarchical.py``) shares ``TransformerLM`` and runs the stack once per byte.
 """
 
 from __future__ import annotations
@@ -52,6 +55,14 @@ class TransformerLM(nn.Module):
         """Logits (B, T, n_outputs) for embedded inputs x (B, T, C) at positions start …"""
         h = self.trunk(self.embed_dropout(x), self.rope(start, x.size(1)), causal, caches)
         return self.head(self.norm(h))
+
+    def new_caches(self, batch_size: int) -> list[KVCache]:
+        """Empty key/value caches for the trunk, one per layer, for its whole window
+        (``config.trunk_positions``)."""
+        c = self.config
+        ref = self.head.weight
+        shape = (batch_size, c.n_heads, c.trunk_positions, c.head_dim)
+        return [KVCache(shape, ref.dtype, ref.device) for _ in range(c.n_layers)]
 
 
 class BitTransformerLM(TransformerLM):
@@ -99,13 +110,6 @@ class BitTransformerLM(TransformerLM):
         frame_pos = torch.arange(start, start + symbols.size(1), device=symbols.device) % FRAME_BITS
         return self.bit_embedding(symbols) + self.frame_embedding(frame_pos)
 
-    def new_caches(self, batch_size: int) -> list[KVCache]:
-        """Empty key/value caches, one per layer, for ``max_seq_len`` positions."""
-        c = self.config
-        ref = self.head.weight
-        shape = (batch_size, c.n_heads, c.max_seq_len, c.head_dim)
-        return [KVCache(shape, ref.dtype, ref.device) for _ in range(c.n_layers)]
-
 
 def make_trunk(config: ModelConfig) -> nn.Module:
     return ReversibleStack(config) if config.reversible else PlainStack(config)
@@ -137,6 +141,7 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def shift_right(bits: Tensor) -> Tensor:
-    """[b0 … b_{L-1}] → [MASK, b0 … b_{L-2}]: the causal model's input for predicting every bit."""
+    """[b0 … b_{L-1}] → [MASK, b0 … b_{L-2}] along dim 1: the causal model's input for predicting
+    every bit. On frames (B, n, 9) it shifts whole frames behind an all-MASK start frame."""
     start = torch.full_like(bits[:, :1], MASK)
     return torch.cat((start, bits[:, :-1]), dim=1)

@@ -1,0 +1,164 @@
+"""HierarchicalBitLM: bit-native input, output and loss at byte-level cost (``trunk=hierarchical``).
+
+The flat model runs its whole stack at nine positions per byte. This trunk runs the main stack
+once per frame and predicts the bits of each frame with a small decoder inside the frame (the
+idea of MEGABYTE's patch models, with a patch of one 9-bit frame)::
+
+    bits (B, 9n) → frames (B, n, 9) of symbols 0 / 1 / MASK
+      → frame embedding  e_i = Σ_k E[k, s_ik]                 k = position in the frame, 0 … 8
+      → global trunk     causal over frames, inputs [START, e_0 … e_{n-2}] (reversible or plain)
+      → LayerNorm → Linear(d_model, local_d_model)  c_i: everything known before frame i
+      → FrameDecoder     per frame, causal over 8 positions, inputs c_i + E_bit[s_j] + E_pos[j]
+                         with s = [START, b_0 … b_6]; logits for the data bits b_0 … b_7
+      → parity           computed, never predicted: logits ±PARITY_LOGIT for b_0 ⊕ … ⊕ b_7
+    logits (B, 9n, 2)    the flat model's layout: same loss, bpb, telemetry and decoding
+
+Every frame sees only earlier frames through the global stack and only its own earlier bits
+through the local decoder, so ``logits[:, t]`` depends on ``bits[:, :t]`` alone, as for the flat
+model. All frames decode in parallel during training.
+
+Cost per byte: one position of the main stack (the flat model pays nine) plus eight positions of
+a stack ``local_d_model`` wide (64 against 192 in ``model=small``). Causal mode only: diffusion's
+bidirectional denoising needs ``trunk=flat``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bitlm.bits import DATA_BITS, FRAME_BITS
+from bitlm.errors import BitLMError
+from bitlm.model.attention import KVCache, RotaryEmbedding
+from bitlm.model.blocks import PlainStack
+from bitlm.model.config import ModelConfig
+from bitlm.model.transformer import TransformerLM, init_weights, shift_right
+from bitlm.objective import bit_cross_entropy
+
+PARITY_LOGIT = 20.0
+"""Half the logit gap of a computed parity bit: p(parity = b_0 ⊕ … ⊕ b_7) = σ(40) ≈ 1 − 4e-18,
+so its cross-entropy is 0 in float32 and sampling it always gives even parity."""
+
+SYMBOLS = 3  # 0, 1, MASK
+TREE_NODES = 2**DATA_BITS - 1
+"""Internal nodes of the binary tree over a frame's 8 data bits: one per prefix b_0 … b_{j-1}."""
+
+
+class TreeDecoder(nn.Module):
+    """``local_decoder=tree``: one binary decision per node of the tree over the data bits.
+
+    The node reached by the prefix b_0 … b_{j-1} predicts bit j; in heap order the root is node 0
+    and ``node_j = 2·node_{j-1} + 1 + b_{j-1}``. The global head emits the two logits of all 255
+    nodes for each frame, and the decoder picks the 8 on the frame's path::
+
+        logits_j = context[node_j]          p(frame) = Π_j softmax(logits_j)[b_j]
+
+    It has no weights of its own and costs one gather per bit, so a frame costs what a 256-way
+    softmax costs; the factorisation is the hierarchical softmax over the bit tree.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()  # nothing to build: the config only sets the global head's width
+
+    @staticmethod
+    def context_size(config: ModelConfig) -> int:
+        return 2 * TREE_NODES
+
+    def forward(self, context: Tensor, symbols: Tensor) -> Tensor:
+        """Logits (N, T, 2) for the first T ≤ 8 data bits of N frames from their node logits
+        (N, 510) and input symbols (N, T) = [MASK, b_0 … b_{T-2}]."""
+        nodes = torch.zeros_like(symbols)
+        for j in range(1, symbols.size(1)):
+            nodes[:, j] = 2 * nodes[:, j - 1] + 1 + symbols[:, j]
+        node_logits = context.view(context.size(0), TREE_NODES, 2)
+        return node_logits.gather(1, nodes[..., None].expand(-1, -1, 2))
+
+
+class TransformerDecoder(nn.Module):
+    """``local_decoder=transformer``: a causal transformer of ``local_*`` size over the 8
+    data-bit positions of each frame. The global head gives each position its own view of the
+    frame's context (MEGABYTE's per-position projection), added to the input embeddings::
+
+        x_j = context_j + E_bit[s_j] + E_pos[j]     s = [MASK, b_0 … b_6]
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        local = config.local_config()
+        self.bit_embedding = nn.Embedding(SYMBOLS, local.d_model)
+        self.position_embedding = nn.Embedding(DATA_BITS, local.d_model)
+        self.rope = RotaryEmbedding(local.head_dim, local.rope_base)
+        self.stack = PlainStack(local)
+        self.norm = nn.LayerNorm(local.d_model, bias=local.bias)
+        self.head = nn.Linear(local.d_model, 2, bias=local.bias)
+        init_weights(self, local.n_layers)
+
+    @staticmethod
+    def context_size(config: ModelConfig) -> int:
+        return DATA_BITS * config.local_d_model
+
+    def forward(self, context: Tensor, symbols: Tensor) -> Tensor:
+        """Logits (N, T, 2) for the first T ≤ 8 data bits of N frames from their contexts
+        (N, 8 · local_d_model) and input symbols (N, T) = [MASK, b_0 … b_{T-2}]."""
+        N, T = symbols.shape
+        positions = torch.arange(T, device=symbols.device)
+        x = context.view(N, DATA_BITS, -1)[:, :T]
+        x = x + self.bit_embedding(symbols) + self.position_embedding(positions)
+        return self.head(self.norm(self.stack(x, self.rope(0, T), causal=True)))
+
+
+LOCAL_DECODERS = {"tree": TreeDecoder, "transformer": TransformerDecoder}
+
+
+class HierarchicalBitLM(TransformerLM):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        # one table for (position in frame, symbol): index 3·k + s
+        self.frame_embedding = nn.Embedding(FRAME_BITS * SYMBOLS, config.d_model)
+        decoder = LOCAL_DECODERS[config.local_decoder]
+        self._build_trunk_and_head(config, n_outputs=decoder.context_size(config))
+        # built after the trunk's initialisation: a decoder initialises itself for its own depth
+        self.local = decoder(config)
+        offsets = SYMBOLS * torch.arange(FRAME_BITS)
+        self.register_buffer("symbol_offsets", offsets, persistent=False)
+
+    def forward(self, bits: Tensor, *, causal: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Next-bit logits (B, L, 2) for bits (B, L) of 0/1, and a telemetry dict, exactly as
+        ``BitTransformerLM.forward``: ``logits[:, t]`` predicts bit t from ``bits[:, :t]``."""
+        if not causal:
+            raise BitLMError(
+                "model.trunk=hierarchical predicts bits causally only; bidirectional (diffusion) "
+                "denoising needs model.trunk=flat"
+            )
+        B = bits.size(0)
+        frames = bits.long().view(B, -1, FRAME_BITS)  # (B, n, 9)
+        contexts = self.frame_contexts(shift_right(frames))  # (B, n, context_size)
+        data = frames[..., :DATA_BITS]  # (B, n, 8)
+        symbols = shift_right(data.flatten(0, 1))  # (B·n, 8): [MASK, b_0 … b_6]
+        data_logits = self.local(contexts.flatten(0, 1), symbols).view(*data.shape, 2)
+        logits = torch.cat((data_logits, parity_logits(data).to(data_logits.dtype)), dim=2)
+        return logits.flatten(1, 2), {}  # (B, 9n, 2)
+
+    def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
+        """``(training loss, CE in bits of each byte (B, n))`` of the model on ``bits``."""
+        logits, _ = self(bits)
+        return bit_cross_entropy(logits, bits, include_parity)
+
+    def frame_contexts(
+        self, frames: Tensor, start: int = 0, caches: list[KVCache] | None = None
+    ) -> Tensor:
+        """What the global trunk tells the in-frame decoder, (B, T, context_size), for input
+        frames (B, T, 9) of symbols at frame positions start … start+T-1; output t conditions
+        the frame after input t."""
+        T = frames.size(1)
+        if start + T > self.config.max_bytes:
+            raise ValueError(f"{start + T} frames exceed the context of {self.config.max_bytes}")
+        x = self.frame_embedding(frames + self.symbol_offsets).sum(-2)  # (B, T, d_model)
+        return self._trunk_and_head(x, start, causal=True, caches=caches)
+
+
+def parity_logits(data: Tensor) -> Tensor:
+    """Logits (…, 1, 2) of each frame's parity bit from its data bits (…, 8): ±PARITY_LOGIT,
+    the sign picking even parity (bit = b_0 ⊕ … ⊕ b_7)."""
+    odd = (data.sum(-1, keepdim=True) % 2).float()  # (…, 1)
+    return torch.stack((1 - 2 * odd, 2 * odd - 1), dim=-1) * PARITY_LOGIT

@@ -92,7 +92,10 @@ def test_generate_compares_cached_with_uncached(run_cli, tmp_path):
         )
 
 
-def test_train_throughput_reports_overhead_per_precision(run_cli, tmp_path):
+@pytest.mark.parametrize(("trunk", "positions_per_byte"), [("flat", 9), ("hierarchical", 1)])
+def test_train_throughput_reports_overhead_per_precision(
+    run_cli, tmp_path, trunk, positions_per_byte
+):
     report = _bench(
         run_cli,
         tmp_path,
@@ -101,10 +104,12 @@ def test_train_throughput_reports_overhead_per_precision(run_cli, tmp_path):
         "untimed_steps=1",
         "batch_size=2",
         "precisions=[32-true]",
+        f"model.trunk={trunk}",
     )
     row = report["results"]["32-true"]
     for loop in ("lightning", "plain"):
-        assert row[loop]["positions_per_s"] == pytest.approx(9 * row[loop]["bytes_per_s"])
+        expected = positions_per_byte * row[loop]["bytes_per_s"]
+        assert row[loop]["positions_per_s"] == pytest.approx(expected)
     assert row["overhead"] == pytest.approx(
         1 - row["lightning"]["positions_per_s"] / row["plain"]["positions_per_s"]
     )
@@ -118,7 +123,7 @@ def test_compare_trains_variants_over_seeds_and_writes_table_and_plot(
         run_cli,
         tmp_path,
         "compare",
-        'variants=["bit: model=tiny","byte: model=tiny model.unit=byte"]',
+        'variants=["bit: model=tiny","byte: model=tiny model.unit=byte model.trunk=flat"]',
         "seeds=[1,2]",
         "budget_s=2",
         "probe_steps=3",
@@ -182,10 +187,12 @@ def test_parse_variants():
 def test_summary_means_gaps_and_welch_match_scipy():
     runs = {
         "bit": [
-            {"eval_bpb": b, "val_bpb": b - 0.1, "steps": 10, "seconds": 60} for b in (3, 3.2, 3.4)
+            {"eval_bpb": b, "val_bpb": b - 0.1, "steps": 10, "seconds": 60, "train_bytes": 600}
+            for b in (3, 3.2, 3.4)
         ],
         "byte": [
-            {"eval_bpb": b, "val_bpb": b, "steps": 90, "seconds": 60} for b in (2.0, 2.1, 2.3)
+            {"eval_bpb": b, "val_bpb": b, "steps": 90, "seconds": 60, "train_bytes": 1200 * b}
+            for b in (2.0, 2.1, 2.3)
         ],
     }
     summary = summarize(runs)
@@ -195,7 +202,10 @@ def test_summary_means_gaps_and_welch_match_scipy():
     assert versus["gap"] == pytest.approx((6.4 / 3) / 3.2 - 1)  # byte: a third fewer bits
     expected = stats.ttest_ind([3, 3.2, 3.4], [2.0, 2.1, 2.3], equal_var=False)
     assert versus["welch"]["p"] == pytest.approx(expected.pvalue)
+    assert summary["bit"]["bytes_per_s"] == {"mean": 10.0, "std": 0.0}
+    assert summary["byte"]["bytes_per_s"]["mean"] == pytest.approx(20 * 6.4 / 3)
     assert welch([1.0], [2.0, 3.0]) is None
     table = markdown_table(summary, {"gzip-9": 2.7})
     assert "| bit | 3.200 ± 0.200 |" in table and "| gzip-9 (compressor) | 2.700 |" in table
+    assert "| 10 ± 0 | — | — |" in table  # bit's bytes/s; no gap to itself
     assert math.isnan(summarize({"a": runs["bit"][:1]})["a"]["eval_bpb"]["std"])

@@ -225,3 +225,27 @@ def test_generate_refuses_the_byte_baseline(run_cli, tmp_path):
     save_pretrained(build_model(config), tmp_path / "byte_model")
     result = run_cli("generate", f"ckpt_path={tmp_path / 'byte_model'}", cwd=tmp_path)
     assert_user_error(result, "unit=byte", "bit models")
+
+
+def test_hierarchical_trunk_trains_evaluates_and_generates(run_cli, english_file, tmp_path):
+    """The documented commands on real text with ``model.trunk=hierarchical``."""
+    run_dir = tmp_path / "run"
+    train = run_cli(
+        "train", *TINY_TRAIN, "model.trunk=hierarchical", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert train.json["val_bpb"] < 7.0  # 40 steps of the byte-rate trunk: well below uniform (8)
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["model"]["trunk"] == "hierarchical"
+    model = f"ckpt_path={run_dir / 'model'}"
+    scored = run_cli("eval", model, f"files=[{english_file}]", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert 0 < scored.json["bpb"] < 8.0
+    sampled = run_cli("generate", model, "prompt=It was", "max_new_bytes=30", cwd=tmp_path)
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert sampled.json["bytes"] == 30 and sampled.json["parity_errors"] == 0
+
+
+def test_byte_baseline_refuses_the_hierarchical_trunk(run_cli, tmp_path):
+    result = run_cli("train", "model=byte_baseline", "model.trunk=hierarchical", cwd=tmp_path)
+    assert_user_error(result, "model.unit=byte", "model.trunk=flat")

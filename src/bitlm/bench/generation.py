@@ -13,9 +13,9 @@ import torch
 from bitlm.bench.measure import corpus_bytes, median, timings
 from bitlm.bits import FRAME_BITS
 from bitlm.errors import BitLMError
+from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.generate import generate_bits
-from bitlm.model.transformer import BitTransformerLM
 
 
 def run(
@@ -32,7 +32,7 @@ def run(
     window = (max(contexts) // FRAME_BITS + new_bytes + 2) * FRAME_BITS
     config = dataclasses.replace(config, max_seq_len=max(config.max_seq_len, window))
     torch.manual_seed(seed)
-    model = BitTransformerLM(config).to(device).eval()
+    model = build_model(config).to(device).eval()
     results: dict[int, dict[str, Any]] = {}
     for context in contexts:  # whole frames: the largest prompt that fits in `context` bits
         prompt = corpus_bytes(context // FRAME_BITS)

@@ -14,7 +14,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from bitlm.bench.measure import corpus_batches, median, synchronize
-from bitlm.bits import FRAME_BITS
 from bitlm.errors import BitLMError
 from bitlm.lit.module import BitLMModule, optimizer_and_schedule
 from bitlm.model.config import ModelConfig
@@ -115,7 +114,8 @@ def run(
 ) -> dict[str, Any]:
     """Median positions/s and bytes/s of both loops per precision, and the overhead.
 
-    Positions are what the model runs over: 9 per byte for the bit model, 1 for the byte model.
+    Positions are what the main stack runs over: 9 per byte for the flat bit model, 1 for the
+    hierarchical trunk and the byte model.
     The module's own defaults (learning rate, warm-up, …) apply to both loops.
     """
     unsupported = sorted(set(precisions) - set(PRECISIONS))
@@ -123,8 +123,8 @@ def run(
         raise BitLMError(f"precisions {unsupported} not supported here: use {list(PRECISIONS)}")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner per fit
     batches = corpus_batches(steps, batch_size, config.max_seq_len, seed)
-    n_bytes = (steps - untimed_steps) * batch_size * (config.max_seq_len // FRAME_BITS)
-    positions_per_byte = FRAME_BITS if config.unit == "bit" else 1
+    n_bytes = (steps - untimed_steps) * batch_size * config.max_bytes
+    positions_per_byte = config.trunk_positions // config.max_bytes
     results = {}
     for precision in precisions:
         seconds: dict[str, list[float]] = {"lightning": [], "plain": []}

@@ -11,8 +11,8 @@ from bitlm.bits import decode_bits
 from bitlm.cli.app import hydra_app, pick_device
 from bitlm.errors import BitLMError
 from bitlm.hub import load_model
+from bitlm.model import BitModel
 from bitlm.model.generate import generate_bits
-from bitlm.model.transformer import BitTransformerLM
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     bits are computed, not sampled) so the claim is measured on every call."""
     _check_sampling(cfg)
     model = load_model(cfg.ckpt_path, pick_device(cfg.device))
-    if not isinstance(model, BitTransformerLM):
+    if not isinstance(model, BitModel):
         raise BitLMError(
             f"{cfg.ckpt_path} is a model.unit={model.config.unit} model; bitlm-generate samples "
             "bit models (the byte-level baseline is for training and bitlm-eval comparisons)"

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from bitlm.bits import FRAME_BITS
 from bitlm.cli.app import hydra_app
 from bitlm.errors import BitLMError
 
@@ -45,12 +46,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {
         "run_dir": str(output_dir),
         "steps": trainer.global_step,
+        "train_bytes": _bytes_read(trainer, datamodule),
         "val_bpb": final[0]["val/bpb"] if final else None,
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "checkpoint": _existing(output_dir / "checkpoints" / "last.ckpt"),
         "model_dir": _existing(output_dir / "model"),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _bytes_read(trainer: L.Trainer, datamodule: L.LightningDataModule) -> int:
+    """Bytes of training text read: every optimizer step reads ``accumulate_grad_batches``
+    batches of ``batch_size`` windows of ``seq_len / 9`` bytes on each of ``world_size`` ranks."""
+    windows = trainer.global_step * trainer.accumulate_grad_batches * trainer.world_size
+    return windows * datamodule.hparams.batch_size * (datamodule.hparams.seq_len // FRAME_BITS)
 
 
 def resolve_precision(precision: str) -> str:

@@ -8,4 +8,6 @@ set -euo pipefail
 OUT=${1:-experiments/baselines/out}
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
-"$BIN/bitlm-bench" compare budget_s=600 out_dir="$OUT" output="$OUT/compare.json" > /dev/null
+"$BIN/bitlm-bench" compare budget_s=600 out_dir="$OUT" output="$OUT/compare.json" \
+  'variants=["bit: model=small model.trunk=flat","bit_plain: model=small model.trunk=flat model.reversible=false","byte_baseline: model=byte_baseline"]' \
+  > /dev/null

@@ -6,4 +6,4 @@ set -euo pipefail
 OUT=${1:-experiments/generation_speed/out}
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
-"$BIN/bitlm-bench" generate output="$OUT/generate.json" plot="$OUT/generate.png" > /dev/null
+"$BIN/bitlm-bench" generate model.trunk=flat output="$OUT/generate.json" plot="$OUT/generate.png" > /dev/null

@@ -6,6 +6,6 @@ set -euo pipefail
 OUT=${1:-experiments/microbench/out}
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
-"$BIN/bitlm-bench" train-throughput output="$OUT/train-throughput.json" > /dev/null
+"$BIN/bitlm-bench" train-throughput model.trunk=flat output="$OUT/train-throughput.json" > /dev/null
 "$BIN/bitlm-bench" attention output="$OUT/attention.json" plot="$OUT/attention.png" > /dev/null
 "$BIN/bitlm-bench" codec output="$OUT/codec.json" > /dev/null

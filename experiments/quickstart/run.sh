@@ -5,6 +5,7 @@
 set -euo pipefail
 OUT=${1:-experiments/quickstart/out}
 BIN=${BIN:-.venv/bin}
+rm -rf "$OUT/run" "$OUT"/speed_*  # this script's own previous runs: start clean
 mkdir -p "$OUT"
 
 /usr/bin/time -f "%e" -o "$OUT/train.seconds" "$BIN/bitlm-train" hydra.run.dir="$OUT/run" | tail -n 1 > "$OUT/train.json"

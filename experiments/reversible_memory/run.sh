@@ -6,4 +6,4 @@ set -euo pipefail
 OUT=${1:-experiments/reversible_memory/out}
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
-"$BIN/bitlm-bench" memory output="$OUT/memory.json" plot="$OUT/memory.png" > /dev/null
+"$BIN/bitlm-bench" memory model.trunk=flat output="$OUT/memory.json" plot="$OUT/memory.png" > /dev/null

@@ -3,7 +3,8 @@
 # (tree and transformer in-frame decoders) and the flat bit trunk, all 4 layers × 192 wide, each
 # trained for the same 5-minute wall-clock budget (experiment=quickstart recipe) with seeds 1, 2,
 # 3 and scored on LICENSE/AGPL-3.0.txt and the validation split; then the training throughput of
-# the flat and hierarchical trunks. About 75 min on a 2-core CPU.
+# the flat and hierarchical trunks and the hierarchical trunk's sampling speed. About 75 min on a
+# 2-core CPU.
 #   bash experiments/hierarchical/run.sh [OUT]   (from the repository root, after `make setup`)
 set -euo pipefail
 OUT=${1:-experiments/hierarchical/out}
@@ -15,3 +16,4 @@ mkdir -p "$OUT"
 for trunk in flat hierarchical; do
   "$BIN/bitlm-bench" train-throughput model.trunk=$trunk output="$OUT/throughput_$trunk.json" > /dev/null
 done
+"$BIN/bitlm-bench" generate output="$OUT/generate_hierarchical.json" > /dev/null

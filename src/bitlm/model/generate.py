@@ -103,7 +103,7 @@ class _FrameDecoder:
         self._start_frame(self.model.frame_contexts(frames, caches=self.caches)[:, -1])
 
     def _start_frame(self, frame_context: Tensor) -> None:
-        """Begin a new frame conditioned on ``frame_context`` (B, local_d_model)."""
+        """Begin a new frame conditioned on its context from the global trunk (B, context_size)."""
         self.frame_context = frame_context
         self.symbols = torch.full((frame_context.size(0), 1), MASK, device=frame_context.device)
         self.logits = self.model.local(self.frame_context, self.symbols)[:, -1]  # (B, 2)

@@ -1,25 +1,29 @@
 """HierarchicalBitLM: bit-native input, output and loss at byte-level cost (``trunk=hierarchical``).
 
 The flat model runs its whole stack at nine positions per byte. This trunk runs the main stack
-once per frame and predicts the bits of each frame with a small decoder inside the frame (the
-idea of MEGABYTE's patch models, with a patch of one 9-bit frame)::
+once per frame and predicts the bits of each frame with a decoder inside the frame (the idea of
+MEGABYTE's patch models, with a patch of one 9-bit frame)::
 
     bits (B, 9n) → frames (B, n, 9) of symbols 0 / 1 / MASK
       → frame embedding  e_i = Σ_k E[k, s_ik]                 k = position in the frame, 0 … 8
       → global trunk     causal over frames, inputs [START, e_0 … e_{n-2}] (reversible or plain)
-      → LayerNorm → Linear(d_model, local_d_model)  c_i: everything known before frame i
-      → FrameDecoder     per frame, causal over 8 positions, inputs c_i + E_bit[s_j] + E_pos[j]
-                         with s = [START, b_0 … b_6]; logits for the data bits b_0 … b_7
+      → LayerNorm → Linear(d_model, context_size)   c_i: everything known before frame i
+      → in-frame decoder bit j of frame i from c_i and b_0 … b_{j-1}; all frames in parallel
+           tree          (default) c_i holds two logits for each of the 255 prefixes; bit j
+                         reads those of its prefix (a hierarchical softmax over the bit tree)
+           transformer   a causal stack of ``local_*`` size over the 8 data-bit positions,
+                         inputs c_ij + E_bit[s_j] + E_pos[j] with s = [START, b_0 … b_6]
       → parity           computed, never predicted: logits ±PARITY_LOGIT for b_0 ⊕ … ⊕ b_7
     logits (B, 9n, 2)    the flat model's layout: same loss, bpb, telemetry and decoding
 
 Every frame sees only earlier frames through the global stack and only its own earlier bits
-through the local decoder, so ``logits[:, t]`` depends on ``bits[:, :t]`` alone, as for the flat
-model. All frames decode in parallel during training.
+through the in-frame decoder, so ``logits[:, t]`` depends on ``bits[:, :t]`` alone, as for the
+flat model.
 
-Cost per byte: one position of the main stack (the flat model pays nine) plus eight positions of
-a stack ``local_d_model`` wide (64 against 192 in ``model=small``). Causal mode only: diffusion's
-bidirectional denoising needs ``trunk=flat``.
+Cost per byte: one position of the main stack (the flat model pays nine) plus, for the tree, a
+projection to 510 logits (what a 256-way softmax costs); the transformer decoder adds eight
+positions of a stack ``local_d_model`` wide. ``experiments/hierarchical`` measures both. Causal
+mode only: diffusion's bidirectional denoising needs ``trunk=flat``.
 """
 
 from __future__ import annotations

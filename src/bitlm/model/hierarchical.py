@@ -37,7 +37,6 @@ from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack
 from bitlm.model.config import ModelConfig
 from bitlm.model.transformer import TransformerLM, init_weights, shift_right
-from bitlm.objective import bit_cross_entropy
 
 PARITY_LOGIT = 20.0
 """Half the logit gap of a computed parity bit: p(parity = b_0 ⊕ … ⊕ b_7) = σ(40) ≈ 1 − 4e-18,
@@ -142,11 +141,6 @@ class HierarchicalBitLM(TransformerLM):
         data_logits = self.local(contexts.flatten(0, 1), symbols).view(*data.shape, 2)
         logits = torch.cat((data_logits, parity_logits(data).to(data_logits.dtype)), dim=2)
         return logits.flatten(1, 2), {}  # (B, 9n, 2)
-
-    def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
-        """``(training loss, CE in bits of each byte (B, n))`` of the model on ``bits``."""
-        logits, _ = self(bits)
-        return bit_cross_entropy(logits, bits, include_parity)
 
     def frame_contexts(
         self, frames: Tensor, start: int = 0, caches: list[KVCache] | None = None

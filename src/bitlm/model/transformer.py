@@ -56,6 +56,13 @@ class TransformerLM(nn.Module):
         h = self.trunk(self.embed_dropout(x), self.rope(start, x.size(1)), causal, caches)
         return self.head(self.norm(h))
 
+    def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
+        """``(training loss, CE in bits of each byte (B, n))`` of the causal model on ``bits``:
+        bit cross-entropy over the next-bit logits (B, L, 2) that both bit trunks return (the
+        byte baseline scores its 256-way logits instead)."""
+        logits, _ = self(bits)
+        return bit_cross_entropy(logits, bits, include_parity)
+
     def new_caches(self, batch_size: int) -> list[KVCache]:
         """Empty key/value caches for the trunk, one per layer, for its whole window
         (``config.trunk_positions``)."""
@@ -83,11 +90,6 @@ class BitTransformerLM(TransformerLM):
         """
         symbols = shift_right(bits) if causal else bits
         return self.predict(symbols.long(), causal=causal), {}
-
-    def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
-        """``(training loss, CE in bits of each byte (B, n))`` of the causal model on ``bits``."""
-        logits, _ = self(bits)
-        return bit_cross_entropy(logits, bits, include_parity)
 
     def predict(
         self,

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
 from bitlm.bench.measure import corpus_batches, median, synchronize
@@ -47,8 +48,11 @@ def lightning_seconds(
     untimed: int,
     device: torch.device,
     module_kwargs: dict[str, Any],
+    callbacks: list[L.Callback] = (),
+    logger: Logger | bool = False,
 ) -> float:
-    """Seconds ``Trainer.fit`` spends on ``batches[untimed:]`` (one optimiser step per batch)."""
+    """Seconds ``Trainer.fit`` spends on ``batches[untimed:]`` (one optimiser step per batch),
+    with ``callbacks`` and ``logger`` besides the timer."""
     module = BitLMModule(config, **module_kwargs)
     timer = _StepTimer(untimed, len(batches) - 1, device)
     trainer = L.Trainer(
@@ -56,8 +60,8 @@ def lightning_seconds(
         devices=1,
         precision=precision,
         max_steps=len(batches),
-        logger=False,
-        callbacks=[timer],
+        logger=logger,
+        callbacks=[*callbacks, timer],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -12,10 +12,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bitlm.bench import attention, codec, compare, generation, memory, throughput
+from bitlm.bench import attention, codec, compare, generation, memory, telemetry, throughput
 from bitlm.bench.measure import machine
 from bitlm.bench.plots import FIGURES
 from bitlm.cli.app import fail, hydra_app, pick_device
+from bitlm.cli.train import resolve_precision
 from bitlm.errors import BitLMError
 from bitlm.files import write_atomic
 
@@ -91,6 +92,29 @@ def _codec(cfg: DictConfig) -> dict[str, Any]:
     return codec.run(cfg.n_bytes, min(cfg.reference_bytes, cfg.n_bytes), cfg.repeats)
 
 
+def _telemetry(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "batch_size", "steps", "every_n_steps", "lz76_batch", "lz76_bits")
+    _check_positive(cfg, "repeats")
+    if not 0 <= cfg.untimed_steps < cfg.steps:
+        raise BitLMError(
+            f"untimed_steps must be in [0, steps={cfg.steps}), got {cfg.untimed_steps}"
+        )
+    return telemetry.run(
+        instantiate(cfg.model),
+        pick_device(cfg.device),
+        resolve_precision(cfg.precision),
+        cfg.batch_size,
+        cfg.steps,
+        cfg.untimed_steps,
+        cfg.every_n_steps,
+        cfg.lz76_batch,
+        cfg.lz76_bits,
+        cfg.repeats,
+        cfg.seed,
+        _progress,
+    )
+
+
 def _compare(cfg: DictConfig) -> dict[str, Any]:
     _check_positive(cfg, "budget_s", "probe_steps", "val_checks", "eval_batch_size")
     if not 0 < cfg.fill <= 1:
@@ -117,6 +141,7 @@ BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "generate": _generate,
     "codec": _codec,
     "compare": _compare,
+    "telemetry": _telemetry,
 }
 
 

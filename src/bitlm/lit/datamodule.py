@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -89,9 +90,20 @@ class BitDataModule(L.LightningDataModule):
         self.store = self._open_store()
         chunk = self.chunk_bytes(len(self.store))
         train, val = split_segments(len(self.store), hp.val_fraction, chunk)
+        self.train_segments = train
         self.train_set = TrainWindows(self.store, train, self.window_bytes)
         self.val_set = ValWindows(self.store, val, self.window_bytes)
         self._check_sizes(chunk)
+
+    def byte_counts(self) -> torch.Tensor:
+        """How often each byte value occurs in the training split, (256,) float64: the source
+        of the ``marginal`` symbiosis reference (``telemetry.metrics.marginal_reference``)."""
+        if self.store is None:
+            raise RuntimeError("BitDataModule.setup() must run before byte_counts()")
+        counts = np.zeros(256, dtype=np.int64)
+        for start, end in self.train_segments:
+            counts += np.bincount(self.store.data[start:end], minlength=256)
+        return torch.from_numpy(counts.astype(np.float64))
 
     def chunk_bytes(self, n_bytes: int) -> int:
         """Split chunk size: ``split_chunk_bytes``, shrunk for short texts to

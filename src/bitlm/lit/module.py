@@ -10,18 +10,40 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from torchmetrics import MetricCollection
 
+from bitlm.bits import FRAME_BITS
+from bitlm.errors import BitLMError
+from bitlm.hub import load_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
-from bitlm.objective import BitsPerByte
+from bitlm.objective import BitsPerByte, bit_cross_entropy
+from bitlm.telemetry.losses import KCSLoss
+from bitlm.telemetry.metrics import (
+    LZComplexity,
+    Negentropy,
+    Symbiosis,
+    bit_probabilities,
+    marginal_reference,
+)
 
 
 class BitLMModule(L.LightningModule):
     """Loss, metrics, optimiser and logging around the model ``build_model(config)`` makes.
 
     Loss: mean cross-entropy over the data bits (parity targets excluded by default: they are a
-    deterministic function of their frame, so learning them teaches nothing about the text).
-    Logged: ``train/loss``, ``train/bpb``, ``train/lr``, ``val/loss``, ``val/bpb`` (monitored).
+    deterministic function of their frame, so learning them teaches nothing about the text),
+    plus the K/C/S terms ``λ_K·|K − K_data| + λ_C·|C − C_data| + λ_S·(1 − S)``
+    (``telemetry/losses.py``, all λ 0 by default) and ``ponder_weight`` × the ACT ponder cost
+    when the model halts (``model.use_act``).
+
+    Logged: ``train/loss``, ``train/bpb``, ``train/lr``, ``val/loss``, ``val/bpb`` (monitored),
+    and with ``telemetry`` (bit models) every step ``telemetry/{K,C,S,K_data,C_data}`` (batch
+    means; the safety gate reads C and S) and ``val/{K,C,S}`` (means over the validation set).
+    S compares the predictions with ``symbiosis_reference``: ``marginal`` (P(bit = 1) per frame
+    position of the training data, estimated at fit start and saved with the checkpoint) or
+    ``model`` (the predictions of the frozen model at ``reference_model``, a .ckpt or an
+    exported folder).
     """
 
     def __init__(
@@ -33,20 +55,53 @@ class BitLMModule(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
         include_parity_loss: bool = False,
+        lambda_K: float = 0.0,
+        lambda_C: float = 0.0,
+        lambda_S: float = 0.0,
+        ponder_weight: float = 0.01,
+        symbiosis_reference: str = "marginal",
+        reference_model: str | None = None,
+        telemetry: bool = True,
     ) -> None:
         super().__init__()
         config = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model)
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = config.to_dict()  # plain dict: checkpoints load with weights_only
         self.model = build_model(config)
+        self.kcs = KCSLoss(lambda_K, lambda_C, lambda_S)
+        self.bit_model = config.unit == "bit"
+        _check_telemetry_options(self.kcs, config, symbiosis_reference, reference_model, telemetry)
+        self.telemetry = telemetry and self.bit_model
+        self.register_buffer("reference_marginal", torch.full((FRAME_BITS,), 0.5))
+        self.reference_model = (
+            _frozen(load_model(reference_model)) if symbiosis_reference == "model" else None
+        )
         self.train_bpb = BitsPerByte()
         self.val_bpb = BitsPerByte()
+        self.val_telemetry = MetricCollection(
+            {"K": Negentropy(), "C": LZComplexity(), "S": Symbiosis()}, prefix="val/"
+        )
 
     def forward(self, bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         return self.model(bits)
 
+    def setup(self, stage: str) -> None:
+        """Estimate the ``marginal`` symbiosis reference from the training data."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and hasattr(datamodule, "byte_counts"):
+            self.reference_marginal.copy_(marginal_reference(datamodule.byte_counts()))
+
     def training_step(self, bits: Tensor, batch_idx: int) -> Tensor:
-        loss, byte_bits = self.model.score(bits, self.hparams.include_parity_loss)
+        loss, byte_bits, logits, aux = self._score(bits)
+        if self.telemetry:
+            with torch.set_grad_enabled(self.kcs.active):
+                kcs_loss, telemetry = self.kcs(logits, bits, self._reference(bits))
+            if self.kcs.active:
+                loss = loss + kcs_loss
+            self.log_dict({f"telemetry/{k}": v.detach() for k, v in telemetry.items()})
+        for name in ("ponder_cost", "layers_run"):
+            if name in aux:
+                self.log(f"telemetry/{name}", aux[name].detach())
         self.train_bpb(byte_bits)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/bpb", self.train_bpb, prog_bar=True)
@@ -54,10 +109,42 @@ class BitLMModule(L.LightningModule):
         return loss
 
     def validation_step(self, bits: Tensor, batch_idx: int) -> None:
-        loss, byte_bits = self.model.score(bits, self.hparams.include_parity_loss)
+        loss, byte_bits, logits, _ = self._score(bits)
         self.val_bpb.update(byte_bits)
         self.log("val/loss", loss, sync_dist=True)
         self.log("val/bpb", self.val_bpb, prog_bar=True)
+        if self.telemetry:
+            reference = self._reference(bits)
+            self.val_telemetry["K"].update(logits)
+            self.val_telemetry["C"].update(logits)
+            self.val_telemetry["S"].update(logits, reference)
+            self.log_dict(self.val_telemetry)
+
+    def _score(self, bits: Tensor) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor]]:
+        """``(loss, CE bits per byte (B, n), logits or None, model telemetry)``; the loss is the
+        cross-entropy plus the weighted ponder cost when the model halts."""
+        if not self.bit_model:  # the byte-level baseline: 256-way logits, no bit telemetry
+            return *self.model.score(bits, self.hparams.include_parity_loss), None, {}
+        logits, aux = self.model(bits)
+        loss, byte_bits = bit_cross_entropy(logits, bits, self.hparams.include_parity_loss)
+        if "ponder_cost" in aux:
+            loss = loss + self.hparams.ponder_weight * aux["ponder_cost"]
+        return loss, byte_bits, logits, aux
+
+    def _reference(self, bits: Tensor) -> Tensor:
+        """The symbiosis reference for ``bits``: per-position marginals (9,) or the reference
+        model's P(bit = 1) (B, L)."""
+        if self.reference_model is None:
+            return self.reference_marginal
+        with torch.no_grad():
+            return bit_probabilities(self.reference_model(bits)[0])
+
+    def train(self, mode: bool = True) -> BitLMModule:
+        """The reference model stays in eval mode (no dropout) whatever the module's mode."""
+        super().train(mode)
+        if self.reference_model is not None:
+            self.reference_model.eval()
+        return self
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (weight decay on matrices only) with linear warmup then cosine decay per step."""
@@ -71,6 +158,33 @@ class BitLMModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def _check_telemetry_options(
+    kcs: KCSLoss, config: ModelConfig, reference: str, reference_model: str | None, on: bool
+) -> None:
+    if kcs.active and not on:
+        raise BitLMError("module.lambda_K/C/S need module.telemetry=true: set them to 0")
+    if kcs.active and config.unit != "bit":
+        raise BitLMError(
+            "module.lambda_K/C/S regularise a bit model's predictions; the byte-level baseline "
+            "(model.unit=byte) has none: set them to 0"
+        )
+    if reference not in ("marginal", "model"):
+        raise BitLMError(
+            f"module.symbiosis_reference must be 'marginal' or 'model', got {reference!r}"
+        )
+    if reference == "model" and not reference_model:
+        raise BitLMError(
+            "module.symbiosis_reference=model needs module.reference_model=PATH (a .ckpt or an "
+            "exported model folder)"
+        )
+
+
+def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
 
 
 def optimizer_and_schedule(

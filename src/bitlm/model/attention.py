@@ -74,6 +74,9 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # a list to append each forward's attention weights (B, H, T, K) to, or None: set by
+        # ``capture_internals`` (the weights are computed explicitly then, which SDPA avoids)
+        self.record: list[Tensor] | None = None
 
     def forward(
         self,
@@ -101,6 +104,8 @@ class SelfAttention(nn.Module):
         the keys up to its last query, so the work and memory per chunk are chunk × (offset+end).
         """
         T = q.size(2)
+        if self.record is not None:
+            return self._attend_recorded(q, k, v, causal, offset)
         chunk = self.chunk_size or T
         dropout_p = self.dropout if self.training else 0.0
         outputs = []
@@ -119,6 +124,22 @@ class SelfAttention(nn.Module):
                 )
             )
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+    def _attend_recorded(
+        self, q: Tensor, k: Tensor, v: Tensor, causal: bool, offset: int
+    ) -> Tensor:
+        """``softmax(q kᵀ / √D) v`` written out, keeping the weights (no dropout: telemetry is
+        taken in eval mode)."""
+        scores = (q @ k.transpose(-2, -1)).float() / q.size(-1) ** 0.5  # (B, H, T, K)
+        if causal:
+            mask = _causal_mask(offset, q.size(2), k.size(2), q.device)
+            if mask is True:
+                mask = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).tril()
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        self.record.append(weights.detach())
+        return weights.to(v.dtype) @ v
 
 
 def _causal_mask(first_query: int, n_queries: int, n_keys: int, device) -> Tensor | bool | None:

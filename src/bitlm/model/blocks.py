@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from bitlm.model.act import HaltingUnits, States, run_layers
 from bitlm.model.attention import KVCache, SelfAttention
 from bitlm.model.config import ModelConfig
 
@@ -79,25 +80,30 @@ class PlainStack(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.halting = HaltingUnits(config) if config.use_act else None
         self.checkpointing = config.activation_checkpointing
 
     def forward(
         self, x: Tensor, rope: Rope, causal: bool, caches: Sequence[KVCache] | None = None
     ) -> Tensor:
-        for i, block in enumerate(self.blocks):
+        def step(i: int, block: Block, states: States) -> States:
             if self.checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, causal, use_reentrant=False)
-            else:
-                x = block(x, rope, causal, caches[i] if caches else None)
-        return x
+                return (checkpoint(block, states[0], rope, causal, use_reentrant=False),)
+            return (block(states[0], rope, causal, caches[i] if caches else None),)
+
+        return run_layers(self.blocks, self.halting, (x,), step, cached=bool(caches))[0]
 
 
 class ReversibleStack(nn.Module):
-    """Both streams start as the embedding; the output is their mean, (y1 + y2) / 2."""
+    """Both streams start as the embedding; the output is their mean, (y1 + y2) / 2.
+
+    With halting (``use_act``) the coupling runs under ordinary autograd: which positions a
+    layer updates depends on the states, and the custom backward does not replay that."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.halting = HaltingUnits(config) if config.use_act else None
         self.dropout = config.dropout
         # False runs the same coupling under ordinary autograd, storing activations: the
         # reference the custom backward is checked against
@@ -107,13 +113,16 @@ class ReversibleStack(nn.Module):
         self, x: Tensor, rope: Rope, causal: bool, caches: Sequence[KVCache] | None = None
     ) -> Tensor:
         """Inference and KV-cached decoding take the plain path (nothing to save for backward)."""
-        if self.memory_efficient and caches is None and torch.is_grad_enabled():
-            params = [p for p in self.parameters() if p.requires_grad]
+        efficient = self.memory_efficient and self.halting is None
+        if efficient and caches is None and torch.is_grad_enabled():
+            params = [p for p in self.blocks.parameters() if p.requires_grad]
             y1, y2 = _ReversibleFunction.apply(x, x, self, rope, causal, *params)
         else:
-            y1, y2 = x, x
-            for i, block in enumerate(self.blocks):
-                y1, y2 = block.couple(y1, y2, rope, causal, caches[i] if caches else None)
+
+            def step(i: int, block: Block, states: States) -> States:
+                return block.couple(*states, rope, causal, caches[i] if caches else None)
+
+            y1, y2 = run_layers(self.blocks, self.halting, (x, x), step, cached=bool(caches))
         return (y1 + y2) / 2
 
     def invert(self, y1: Tensor, y2: Tensor, rope: Rope, causal: bool) -> tuple[Tensor, Tensor]:
@@ -175,7 +184,7 @@ class _ReversibleFunction(torch.autograd.Function):
                 _accumulate(grads, block.f, f_grads)
                 y1, y2 = (z - f_out).detach(), x2.detach()
                 dy1, dy2 = dz, dx2
-        params = [p for p in stack.parameters() if p.requires_grad]
+        params = [p for p in stack.blocks.parameters() if p.requires_grad]
         return (dy1, dy2, None, None, None, *(grads.get(p) for p in params))
 
 

@@ -29,7 +29,7 @@ class ByteTransformerLM(TransformerLM):
 
     def forward(self, bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits (B, n, 256) for bits (B, 9n): ``logits[:, i]`` predicts byte i from bytes < i."""
-        return self._logits(frame_values(bits).long()), {}
+        return self._logits(frame_values(bits).long()), self.trunk_telemetry()
 
     def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
         """``(training loss, CE in bits of each byte (B, n))``; there are no parity targets."""

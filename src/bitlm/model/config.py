@@ -46,6 +46,11 @@ class ModelConfig:
     attn_chunk_size: int | None = None
     rope_base: float = 10_000.0
     bias: bool = False
+    # adaptive computation time (model/act.py): per-layer halting units; a position stops being
+    # updated once its halting probabilities sum to act_threshold. With reversible=true the
+    # coupling then runs under ordinary autograd (activations stored).
+    use_act: bool = False
+    act_threshold: float = 0.99
     # the in-frame bit decoder of trunk="hierarchical": "tree" (one binary decision per prefix,
     # logits from the global head) or "transformer" (a causal stack of local_* size over the
     # 8 data-bit positions)
@@ -128,7 +133,7 @@ class ModelConfig:
                 "model.trunk=hierarchical is a bit-model trunk; the byte-level baseline "
                 "(model.unit=byte) already runs at one position per byte: use model.trunk=flat"
             )
-        for name in ("reversible", "activation_checkpointing", "bias"):
+        for name in ("reversible", "activation_checkpointing", "bias", "use_act"):
             if not isinstance(getattr(self, name), bool):
                 raise BitLMError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
@@ -143,6 +148,8 @@ class ModelConfig:
                 "model.activation_checkpointing applies to model.reversible=false only: the "
                 "reversible stack already recomputes its activations in backward"
             )
+        if not _is_number(self.act_threshold) or not 0.0 < self.act_threshold <= 1.0:
+            raise BitLMError(f"model.act_threshold must be in (0, 1], got {self.act_threshold}")
         if not _is_number(self.rope_base) or self.rope_base <= 1.0:
             raise BitLMError(f"model.rope_base must be > 1, got {self.rope_base}")
 

@@ -140,7 +140,7 @@ class HierarchicalBitLM(TransformerLM):
         symbols = shift_right(data.flatten(0, 1))  # (B·n, 8): [MASK, b_0 … b_6]
         data_logits = self.local(contexts.flatten(0, 1), symbols).view(*data.shape, 2)
         logits = torch.cat((data_logits, parity_logits(data).to(data_logits.dtype)), dim=2)
-        return logits.flatten(1, 2), {}  # (B, 9n, 2)
+        return logits.flatten(1, 2), self.trunk_telemetry()  # (B, 9n, 2)
 
     def frame_contexts(
         self, frames: Tensor, start: int = 0, caches: list[KVCache] | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +49,8 @@ class TransformerLM(nn.Module):
         self.norm = nn.LayerNorm(config.d_model, bias=config.bias)
         self.head = nn.Linear(config.d_model, n_outputs, bias=config.bias)
         init_weights(self, config.n_layers)
+        if self.trunk.halting is not None:
+            self.trunk.halting.reset_parameters()
 
     def _trunk_and_head(
         self, x: Tensor, start: int, causal: bool, caches: list[KVCache] | None = None
@@ -55,6 +58,12 @@ class TransformerLM(nn.Module):
         """Logits (B, T, n_outputs) for embedded inputs x (B, T, C) at positions start …"""
         h = self.trunk(self.embed_dropout(x), self.rope(start, x.size(1)), causal, caches)
         return self.head(self.norm(h))
+
+    def trunk_telemetry(self) -> dict[str, Tensor]:
+        """What the trunk recorded in its last forward: halting (``halt_probs``, ``ponder_cost``,
+        ``layers_run``; model/act.py) when ``use_act``, else nothing."""
+        halting = self.trunk.halting
+        return dict(halting.last) if halting is not None else {}
 
     def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
         """``(training loss, CE in bits of each byte (B, n))`` of the causal model on ``bits``:
@@ -86,10 +95,10 @@ class BitTransformerLM(TransformerLM):
         shifted right behind a START symbol, so every bit of the window, the first included, is
         predicted). Bidirectional (``causal=False``): ``bits`` may hold MASK symbols and
         ``logits[:, t]`` predicts the clean bit t from the whole sequence.
-        Telemetry is empty unless a telemetry hook asks for more.
+        Telemetry: the trunk's halting record when ``use_act`` (``trunk_telemetry``).
         """
         symbols = shift_right(bits) if causal else bits
-        return self.predict(symbols.long(), causal=causal), {}
+        return self.predict(symbols.long(), causal=causal), self.trunk_telemetry()
 
     def predict(
         self,
@@ -111,6 +120,39 @@ class BitTransformerLM(TransformerLM):
         """E_bit[symbol] + E_frame[t mod 9], (B, T, C)."""
         frame_pos = torch.arange(start, start + symbols.size(1), device=symbols.device) % FRAME_BITS
         return self.bit_embedding(symbols) + self.frame_embedding(frame_pos)
+
+
+@dataclass
+class Internals:
+    """What ``capture_internals`` recorded, per trunk layer, one entry per forward pass."""
+
+    attention: list[list[Tensor]]  # [layer][pass] → weights (B, H, T, K)
+    activations: list[list[Tensor]]  # [layer][pass] → residual stream read by the MLP (B, T, C)
+
+
+@contextlib.contextmanager
+def capture_internals(model: TransformerLM) -> Iterator[Internals]:
+    """Record each trunk layer's attention weights and the residual stream its MLP branch reads
+    during the forward passes run inside the block (heavy telemetry, only when asked: attention
+    is then computed explicitly instead of through SDPA's fused kernel)."""
+    blocks = model.trunk.blocks
+    internals = Internals([[] for _ in blocks], [[] for _ in blocks])
+    hooks = []
+    for block, attention, activations in zip(
+        blocks, internals.attention, internals.activations, strict=True
+    ):
+        block.f.attn.record = attention
+        hooks.append(
+            block.g.register_forward_pre_hook(
+                lambda _module, args, sink=activations: sink.append(args[0].detach())
+            )
+        )
+    try:
+        yield internals
+    finally:
+        for block, hook in zip(blocks, hooks, strict=True):
+            block.f.attn.record = None
+            hook.remove()
 
 
 def make_trunk(config: ModelConfig) -> nn.Module:

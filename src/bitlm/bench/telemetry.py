@@ -1,0 +1,123 @@
+"""telemetry: what leaving telemetry on costs a training step, and how fast LZ76 is.
+
+Three Lightning fits of the same model on the same batches, alternated over ``repeats``:
+
+* ``off``: ``module.telemetry=false`` and no ``TelemetryMonitor``;
+* ``on``: the per-step K/C/S of the module (the default);
+* ``every_step``: that plus the ``TelemetryMonitor`` firing at every step.
+
+With median step times t_off, t_on, t_every and the default cadence N (``every_n_steps``)::
+
+    overhead = (t_on − t_off) / t_off + (t_every − t_on) / (N · t_off)
+
+the per-step telemetry plus one monitor probe amortised over N steps, as a fraction of a
+telemetry-free step. Each fit logs to its own TensorBoard directory, so writing the images and
+histograms is part of the measured cost. LZ76 is timed on ``lz76_batch`` corpus sequences of
+``lz76_bits`` data bits and reported against a training step on that same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from bitlm.bench.measure import corpus_batches, median, timings
+from bitlm.bench.throughput import lightning_seconds
+from bitlm.bits import DATA_BITS, FRAME_BITS
+from bitlm.lit.callbacks.telemetry import TelemetryMonitor
+from bitlm.model.config import ModelConfig
+from bitlm.telemetry.metrics import lz76_complexity
+
+
+def run(
+    config: ModelConfig,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    steps: int,
+    untimed_steps: int,
+    every_n_steps: int,
+    lz76_batch: int,
+    lz76_bits: int,
+    repeats: int,
+    seed: int,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    batches = corpus_batches(steps, batch_size, config.max_seq_len, seed)
+    variants = {
+        "off": ({"telemetry": False}, False),
+        "on": ({}, False),
+        "every_step": ({}, True),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as logs:
+        for repeat in range(repeats):  # alternate, so drift in machine speed hits all alike
+            for name, (module_kwargs, monitor) in variants.items():
+                progress(f"repeat {repeat + 1}/{repeats}: {name}")
+                torch.manual_seed(seed)
+                callbacks = [TelemetryMonitor(every_n_steps=1, sample_bytes=0)] if monitor else []
+                logger = TensorBoardLogger(logs, name=f"{name}_{repeat}")
+                seconds[name].append(
+                    lightning_seconds(
+                        config,
+                        batches,
+                        precision,
+                        untimed_steps,
+                        device,
+                        module_kwargs,
+                        callbacks,
+                        logger,
+                    )
+                    / (steps - untimed_steps)
+                )
+    step = {name: median(values) for name, values in seconds.items()}
+    per_step = step["on"] / step["off"] - 1
+    monitor = (step["every_step"] - step["on"]) / (every_n_steps * step["off"])
+    lz76_s, lz76_step_s = _lz76_seconds(config, device, precision, lz76_batch, lz76_bits, repeats)
+    return {
+        "precision": precision,
+        "batch_size": batch_size,
+        "seq_len": config.max_seq_len,
+        "steps": steps,
+        "untimed_steps": untimed_steps,
+        "every_n_steps": every_n_steps,
+        "repeats": repeats,
+        "step_seconds": step,
+        "overhead": per_step + monitor,
+        "overhead_per_step_telemetry": per_step,
+        "overhead_monitor_amortised": monitor,
+        "monitor_probe_seconds": step["every_step"] - step["on"],
+        "lz76": {
+            "sequences": lz76_batch,
+            "data_bits": lz76_bits,
+            "seconds": lz76_s,
+            "training_step_seconds": lz76_step_s,
+            "per_training_step": lz76_s / lz76_step_s,
+        },
+        "seconds": seconds,
+    }
+
+
+def _lz76_seconds(
+    config: ModelConfig,
+    device: torch.device,
+    precision: str,
+    batch: int,
+    data_bits: int,
+    repeats: int,
+) -> tuple[float, float]:
+    """Median seconds of LZ76 over ``batch`` corpus sequences of ``data_bits`` data bits, and of
+    one telemetry-free training step of the model (its context widened to fit) on that batch."""
+    seq_len = data_bits // DATA_BITS * FRAME_BITS
+    batches = corpus_batches(3, batch, seq_len)
+    lz76 = median(timings(lambda: lz76_complexity(batches[0]), repeats, device=device))
+    wide = dataclasses.replace(config, max_seq_len=max(seq_len, config.max_seq_len))
+    step = lightning_seconds(wide, batches, precision, 1, device, {"telemetry": False}) / 2
+    return lz76, step

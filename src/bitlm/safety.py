@@ -1,0 +1,194 @@
+"""The safety gate, and safe inference and sampling built on it.
+
+The gate smooths two telemetry values (``telemetry/metrics.py``) and fires when either sinks to
+its floor: C (LZ complexity: very low = repetitive, degenerate output) and S (symbiosis: very low
+= predictions far from the reference distribution)::
+
+    EMA_0 = x_0,   EMA_t = decay · EMA_{t−1} + (1 − decay) · x_t        (decay 0.9)
+    fires at update t  ⇔  t > burn_in  and  (EMA C ≤ c_floor  or  EMA S ≤ s_floor)
+
+In training a callback (``lit/callbacks/safety.py``) feeds it the predictions' C and S each step
+and warns, stops or rolls back. At inference ``hil_safe_inference`` judges one batch (C = exact
+LZ76 of the bits, S = the model's predictions on them against a reference) and
+``safe_sample_with_retry`` re-samples with a new seed and a higher temperature until a sample
+passes, backing off exponentially between attempts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bitlm.bits import decode_bits, frame_values
+from bitlm.errors import BitLMError
+from bitlm.model import BitModel
+from bitlm.model.generate import generate_bits
+from bitlm.model.transformer import evaluating
+from bitlm.telemetry.metrics import (
+    lz76_complexity,
+    marginal_reference,
+    negentropy,
+    prediction_complexity,
+    prediction_negentropy,
+    symbiosis,
+)
+
+
+class SafetyError(BitLMError):
+    """Output the safety gate rejected; ``telemetry`` holds the values it was judged on."""
+
+    def __init__(self, message: str, telemetry: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.telemetry = telemetry
+
+
+@dataclass
+class SafetyGate:
+    """EMA of C and S with burn-in and floors (module docstring). Plain state: ``state_dict``
+    and ``load_state_dict`` round-trip it exactly."""
+
+    c_floor: float = 0.3
+    s_floor: float = 0.5
+    decay: float = 0.9
+    burn_in: int = 0
+    steps: int = 0
+    ema_c: float | None = None
+    ema_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise BitLMError(f"safety decay must be in [0, 1), got {self.decay}")
+        if self.burn_in < 0:
+            raise BitLMError(f"safety burn_in must be >= 0, got {self.burn_in}")
+
+    def update(self, c: float, s: float) -> bool:
+        """Fold in one observation of C and S; True when the gate fires."""
+        self.steps += 1
+        self.ema_c = c if self.ema_c is None else self.decay * self.ema_c + (1 - self.decay) * c
+        self.ema_s = s if self.ema_s is None else self.decay * self.ema_s + (1 - self.decay) * s
+        return self.steps > self.burn_in and (
+            self.ema_c <= self.c_floor or self.ema_s <= self.s_floor
+        )
+
+    def restart(self) -> None:
+        """Forget the averages and serve the burn-in again (after a rollback)."""
+        self.steps, self.ema_c, self.ema_s = 0, None, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def judge(
+    model: BitModel, bits: Tensor, reference: Tensor | None = None
+) -> tuple[Tensor, dict[str, float]]:
+    """``(logits, telemetry)`` of a bit model on bits (B, 9n): the predictions' K, C and S and
+    the bits' own K and exact LZ76 C (``C_lz76``), batch means. The reference defaults to the
+    bits' own per-position marginals."""
+    if reference is None:
+        values = torch.bincount(frame_values(bits).flatten().long(), minlength=256)
+        reference = marginal_reference(values)
+    with evaluating(model), torch.no_grad():
+        logits, _ = model(bits)
+    telemetry = {
+        "K": prediction_negentropy(logits).mean().item(),
+        "C": prediction_complexity(logits).mean().item(),
+        "S": symbiosis(logits, reference).mean().item(),
+        "K_bits": negentropy(bits).mean().item(),
+        "C_lz76": lz76_complexity(bits).mean().item(),
+    }
+    return logits, telemetry
+
+
+def hil_safe_inference(
+    model: BitModel,
+    bits: Tensor,
+    *,
+    reference: Tensor | None = None,
+    c_floor: float = 0.3,
+    s_floor: float = 0.5,
+    strict: bool = True,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Run the model on bits (B, 9n) and judge them: unsafe when the exact LZ76 complexity of
+    the bits is ≤ ``c_floor`` or the predictions' symbiosis with ``reference`` is ≤ ``s_floor``.
+
+    Returns ``(logits, telemetry)``; the telemetry (``judge``) gains the flags ``c_low``,
+    ``s_low`` and ``safe``. Strict (human-in-the-loop) mode raises ``SafetyError`` carrying that
+    telemetry instead of returning unsafe output.
+    """
+    logits, telemetry = judge(model, bits, reference)
+    telemetry["c_low"] = telemetry["C_lz76"] <= c_floor
+    telemetry["s_low"] = telemetry["S"] <= s_floor
+    telemetry["safe"] = not (telemetry["c_low"] or telemetry["s_low"])
+    if strict and not telemetry["safe"]:
+        raise SafetyError(
+            f"unsafe output: LZ76 complexity {telemetry['C_lz76']:.3f} (floor {c_floor}), "
+            f"symbiosis {telemetry['S']:.3f} (floor {s_floor})",
+            telemetry,
+        )
+    return logits, telemetry
+
+
+def safe_sample_with_retry(
+    model: BitModel,
+    prompt: bytes,
+    max_new_bytes: int,
+    *,
+    max_retries: int = 3,
+    seed: int = 0,
+    temperature: float = 1.0,
+    temperature_step: float = 0.25,
+    backoff_s: float = 0.05,
+    reference: Tensor | None = None,
+    c_floor: float = 0.3,
+    s_floor: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+    **sampling: Any,
+) -> dict[str, Any]:
+    """Sample a continuation that passes ``hil_safe_inference``; attempt k (0-based) uses seed
+    ``seed + k`` and temperature ``temperature + k · temperature_step`` (more diverse after a
+    repetitive sample), after waiting ``backoff_s · 2^(k−1)`` seconds.
+
+    Returns ``{"text", "bits", "attempts", "telemetry"}`` of the first safe sample; raises
+    ``SafetyError`` (with the last telemetry) when all ``1 + max_retries`` attempts fail.
+    """
+    if max_retries < 0:
+        raise BitLMError(f"max_retries must be >= 0, got {max_retries}")
+    device = model.head.weight.device
+    telemetry: dict[str, Any] = {}
+    for attempt in range(max_retries + 1):
+        if attempt:
+            sleep(backoff_s * 2 ** (attempt - 1))
+        generator = torch.Generator(device).manual_seed(seed + attempt)
+        heat = temperature + attempt * temperature_step
+        bits = generate_bits(
+            model, prompt, max_new_bytes, temperature=heat, generator=generator, **sampling
+        )
+        window = _last_window(model, bits.to(device))
+        _, telemetry = hil_safe_inference(
+            model,
+            window[None],
+            reference=reference,
+            c_floor=c_floor,
+            s_floor=s_floor,
+            strict=False,
+        )
+        telemetry["temperature"] = heat
+        if telemetry["safe"]:
+            text = decode_bits(bits, errors="strict")[0]
+            return {"text": text, "bits": bits, "attempts": attempt + 1, "telemetry": telemetry}
+    raise SafetyError(f"no sample passed the safety gate in {max_retries + 1} attempts", telemetry)
+
+
+def _last_window(model: BitModel, bits: Tensor) -> Tensor:
+    """The last ``max_seq_len`` bits (whole frames) of a sample: what the model can judge."""
+    return bits[-model.config.max_seq_len :]

@@ -209,3 +209,25 @@ def test_summary_means_gaps_and_welch_match_scipy():
     assert "| bit | 3.200 ± 0.200 |" in table and "| gzip-9 (compressor) | 2.700 |" in table
     assert "| 10 ± 0 | — | — |" in table  # bit's bytes/s; no gap to itself
     assert math.isnan(summarize({"a": runs["bit"][:1]})["a"]["eval_bpb"]["std"])
+
+
+def test_telemetry_reports_overhead_at_the_cadence_and_lz76_speed(run_cli, tmp_path):
+    report = _bench(
+        run_cli,
+        tmp_path,
+        "telemetry",
+        "steps=4",
+        "untimed_steps=1",
+        "batch_size=2",
+        "every_n_steps=10",
+        "lz76_batch=4",
+        "lz76_bits=256",
+    )
+    step = report["step_seconds"]
+    assert report["overhead"] == pytest.approx(
+        step["on"] / step["off"] - 1 + (step["every_step"] - step["on"]) / (10 * step["off"])
+    )
+    lz76 = report["lz76"]
+    assert lz76["per_training_step"] == pytest.approx(
+        lz76["seconds"] / lz76["training_step_seconds"]
+    )

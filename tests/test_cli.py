@@ -101,6 +101,29 @@ def test_generate_prints_decodable_text(trained_run, run_cli, tmp_path):
     assert bits_to_bytes(bytes_to_bits(encoded)) == encoded
 
 
+def test_generate_with_the_safety_gate_reports_attempts_or_fails_in_one_line(
+    trained_run, run_cli, tmp_path
+):
+    run_dir, _ = trained_run
+    args = (f"ckpt_path={run_dir / 'model'}", "prompt=Once upon", "max_new_bytes=20", "seed=0")
+    plain = run_cli("generate", *args, cwd=tmp_path).json
+    safe = run_cli("generate", *args, "safety.enabled=true", "safety.s_floor=0", cwd=tmp_path)
+    assert safe.returncode == 0, safe.stderr[-3000:]
+    report = safe.json
+    assert report["attempts"] == 1 and report["telemetry"]["safe"]
+    assert report["text"] == plain["text"]  # the first attempt is the unguarded sample
+    refused = run_cli(
+        "generate",
+        *args,
+        "safety.enabled=true",
+        "safety.s_floor=1",
+        "safety.max_retries=1",
+        "safety.backoff_s=0",
+        cwd=tmp_path,
+    )
+    assert_user_error(refused, "no sample passed the safety gate in 2 attempts")
+
+
 def test_unknown_override_is_one_line(run_cli, tmp_path):
     result = run_cli("train", "model.d_modle=3", cwd=tmp_path)
     assert_user_error(result, "d_modle")

@@ -60,3 +60,17 @@ def test_eval_and_generate_configs_compose(name):
         else _compose(name, "ckpt_path=x")
     )
     assert cfg.ckpt_path == "x"
+
+
+def test_telemetry_experiment_turns_the_regularisers_on_over_quickstart():
+    cfg = _compose("train", "experiment=telemetry")
+    quickstart = _compose("train", "experiment=quickstart")
+    assert [cfg.module[f"lambda_{t}"] for t in "KCS"] == [0.1, 0.1, 0.1]
+    assert cfg.trainer.max_steps == quickstart.trainer.max_steps
+    assert _compose("train").module.lambda_K == 0.0
+
+
+def test_safety_callbacks_extend_the_defaults(tmp_path):
+    cfg = _compose("train", "callbacks=safety", f"paths.output_dir={tmp_path}")
+    assert set(_compose("train").callbacks) | {"safety_gate"} == set(cfg.callbacks)
+    assert cfg.callbacks.safety_gate.action == "warn"

@@ -2,10 +2,14 @@
 
 import lightning as L
 import pytest
+import torch
 
+from bitlm.errors import BitLMError
+from bitlm.hub import save_pretrained
 from bitlm.lit.datamodule import BitDataModule
 from bitlm.lit.module import BitLMModule
 from bitlm.model.config import ModelConfig
+from bitlm.telemetry.metrics import marginal_reference, symbiosis
 
 
 @pytest.mark.parametrize(
@@ -45,3 +49,74 @@ def test_hyperparameters_round_trip_through_a_checkpoint(tmp_path):
     assert module.hparams["lr"] == 5e-4
     restored = BitLMModule(**module.hparams)
     assert restored.model.config == module.model.config
+
+
+def _one_step(module, tmp_path):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    datamodule = BitDataModule(seq_len=72, batch_size=4, cache_dir=str(tmp_path))
+    L.seed_everything(0)
+    trainer.fit(module, datamodule=datamodule)
+    return trainer, datamodule
+
+
+TELEMETRY_CONFIG = dict(d_model=32, n_heads=2, n_layers=1, max_seq_len=72)
+
+
+def test_marginal_reference_comes_from_the_training_data_and_is_checkpointed(tmp_path):
+    module = BitLMModule(TELEMETRY_CONFIG)
+    trainer, datamodule = _one_step(module, tmp_path)
+    expected = marginal_reference(datamodule.byte_counts())
+    assert torch.equal(module.reference_marginal, expected)
+    assert expected[0] < 0.05  # pydoc text is ASCII: the top bit is almost never set
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    state = torch.load(tmp_path / "m.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(state["reference_marginal"], expected)
+    metrics = trainer.callback_metrics
+    assert {"telemetry/K", "telemetry/C", "telemetry/S", "telemetry/K_data"} <= set(metrics)
+
+
+def test_kcs_terms_add_to_the_training_loss(tmp_path):
+    losses = []
+    for lambdas in ({}, {"lambda_K": 5.0, "lambda_C": 5.0, "lambda_S": 5.0}):
+        torch.manual_seed(0)
+        trainer, _ = _one_step(BitLMModule(TELEMETRY_CONFIG, **lambdas), tmp_path)
+        losses.append(trainer.callback_metrics["train/loss"].item())
+    assert losses[1] > losses[0] + 0.1
+
+
+def test_symbiosis_against_a_reference_model_of_the_same_weights_is_one(tmp_path):
+    reference = BitLMModule(TELEMETRY_CONFIG)
+    save_pretrained(reference.model, tmp_path / "ref")
+    module = BitLMModule(
+        TELEMETRY_CONFIG, symbiosis_reference="model", reference_model=str(tmp_path / "ref")
+    )
+    module.model.load_state_dict(reference.model.state_dict())
+    bits = torch.randint(0, 2, (2, 72))
+    logits, _ = module(bits)
+    assert symbiosis(logits, module._reference(bits)).tolist() == pytest.approx([1.0, 1.0])
+    assert not any(p.requires_grad for p in module.reference_model.parameters())
+    module.train()
+    assert not module.reference_model.training
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(model=dict(unit="byte"), lambda_K=0.1), "byte-level baseline"),
+        (dict(symbiosis_reference="corpus"), "'marginal' or 'model'"),
+        (dict(symbiosis_reference="model"), "reference_model=PATH"),
+        (dict(telemetry=False, lambda_S=0.1), "module.telemetry=true"),
+    ],
+)
+def test_bad_telemetry_options_are_refused(kwargs, message):
+    model = {**TELEMETRY_CONFIG, **kwargs.pop("model", {})}
+    with pytest.raises(BitLMError, match=message):
+        BitLMModule(model, **kwargs)

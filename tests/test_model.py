@@ -11,7 +11,7 @@ from bitlm.model import HierarchicalBitLM, build_model
 from bitlm.model.attention import SelfAttention
 from bitlm.model.config import ModelConfig
 from bitlm.model.generate import generate
-from bitlm.model.transformer import BitTransformerLM
+from bitlm.model.transformer import BitTransformerLM, capture_internals
 
 TRUNKS = ["flat", "hierarchical"]
 
@@ -291,3 +291,27 @@ def test_export_round_trip_keeps_the_model_kind(tmp_path):
         assert type(loaded) is type(model)
         bits = bytes_to_bits(b"roundtr!")[None]  # 8 bytes = 72 bits, the whole context
         torch.testing.assert_close(loaded(bits)[0], model(bits)[0])
+
+
+@pytest.mark.parametrize("trunk", TRUNKS)
+@pytest.mark.parametrize("reversible", [True, False])
+def test_capture_internals_records_attention_and_activations_without_changing_logits(
+    trunk, reversible
+):
+    torch.manual_seed(0)
+    model = build_model(tiny(trunk=trunk, reversible=reversible, n_layers=3)).eval()
+    bits = torch.randint(0, 2, (2, 72))
+    positions = 72 if trunk == "flat" else 8
+    with torch.no_grad():
+        expected, _ = model(bits)
+        with capture_internals(model) as internals:
+            logits, _ = model(bits)
+    torch.testing.assert_close(logits, expected)
+    assert len(internals.attention) == len(internals.activations) == 3
+    weights = internals.attention[1][0]
+    assert weights.shape == (2, 2, positions, positions)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, positions))
+    assert weights.triu(1).abs().max() == 0  # causal: no weight on later positions
+    assert internals.activations[2][0].shape == (2, positions, 32)
+    assert all(block.f.attn.record is None for block in model.trunk.blocks)
+    assert not any(block.g._forward_pre_hooks for block in model.trunk.blocks)

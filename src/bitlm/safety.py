@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bitlm.bits import decode_bits, frame_values
+from bitlm.bits import bits_to_text, frame_values
 from bitlm.errors import BitLMError
 from bitlm.model import BitModel
 from bitlm.model.generate import generate_bits
@@ -158,6 +158,7 @@ def safe_sample_with_retry(
     ``seed + k`` and temperature ``temperature + k · temperature_step`` (more diverse after a
     repetitive sample), after waiting ``backoff_s · 2^(k−1)`` seconds.
 
+    The sample is judged on its last ``max_seq_len`` bits (whole frames: what the model sees).
     Returns ``{"text", "bits", "attempts", "telemetry"}`` of the first safe sample; raises
     ``SafetyError`` (with the last telemetry) when all ``1 + max_retries`` attempts fail.
     """
@@ -173,22 +174,19 @@ def safe_sample_with_retry(
         bits = generate_bits(
             model, prompt, max_new_bytes, temperature=heat, generator=generator, **sampling
         )
-        window = _last_window(model, bits.to(device))
-        _, telemetry = hil_safe_inference(
-            model,
-            window[None],
-            reference=reference,
-            c_floor=c_floor,
-            s_floor=s_floor,
-            strict=False,
-        )
+        if not bits.numel():  # nothing emitted (an immediate stop string): nothing to judge
+            telemetry = {"safe": True}
+        else:
+            _, telemetry = hil_safe_inference(
+                model,
+                bits[-model.config.max_seq_len :].to(device)[None],
+                reference=reference,
+                c_floor=c_floor,
+                s_floor=s_floor,
+                strict=False,
+            )
         telemetry["temperature"] = heat
         if telemetry["safe"]:
-            text = decode_bits(bits, errors="strict")[0]
+            text = bits_to_text(bits)
             return {"text": text, "bits": bits, "attempts": attempt + 1, "telemetry": telemetry}
     raise SafetyError(f"no sample passed the safety gate in {max_retries + 1} attempts", telemetry)
-
-
-def _last_window(model: BitModel, bits: Tensor) -> Tensor:
-    """The last ``max_seq_len`` bits (whole frames) of a sample: what the model can judge."""
-    return bits[-model.config.max_seq_len :]

@@ -12,8 +12,11 @@ With median step times t_off, t_on, t_every and the default cadence N (``every_n
 
 the per-step telemetry plus one monitor probe amortised over N steps, as a fraction of a
 telemetry-free step. Each fit logs to its own TensorBoard directory, so writing the images and
-histograms is part of the measured cost. LZ76 is timed on ``lz76_batch`` corpus sequences of
-``lz76_bits`` data bits and reported against a training step on that same batch.
+histograms is part of the measured cost. Not in ``overhead``: the ``sample_bytes`` sample the
+monitor draws after each validation, a cost per validation reported on its own
+(``validation_sample``), and the validation K/C/S metrics (a few elementwise operations per
+validation batch). LZ76 is timed on ``lz76_batch`` corpus sequences of ``lz76_bits`` data bits
+and reported against a training step on that same batch.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from bitlm.bench.measure import corpus_batches, median, timings
 from bitlm.bench.throughput import lightning_seconds
 from bitlm.bits import DATA_BITS, FRAME_BITS
 from bitlm.lit.callbacks.telemetry import TelemetryMonitor
+from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
+from bitlm.model.generate import generate_bits
 from bitlm.telemetry.metrics import lz76_complexity
 
 
@@ -45,6 +50,7 @@ def run(
     every_n_steps: int,
     lz76_batch: int,
     lz76_bits: int,
+    sample_bytes: int,
     repeats: int,
     seed: int,
     progress: Callable[[str], None],
@@ -81,6 +87,7 @@ def run(
     per_step = step["on"] / step["off"] - 1
     monitor = (step["every_step"] - step["on"]) / (every_n_steps * step["off"])
     lz76_s, lz76_step_s = _lz76_seconds(config, device, precision, lz76_batch, lz76_bits, repeats)
+    sample_s = _sample_seconds(config, device, sample_bytes, repeats, seed)
     return {
         "precision": precision,
         "batch_size": batch_size,
@@ -101,6 +108,7 @@ def run(
             "training_step_seconds": lz76_step_s,
             "per_training_step": lz76_s / lz76_step_s,
         },
+        "validation_sample": {"bytes": sample_bytes, "seconds": sample_s},
         "seconds": seconds,
     }
 
@@ -117,7 +125,18 @@ def _lz76_seconds(
     one telemetry-free training step of the model (its context widened to fit) on that batch."""
     seq_len = data_bits // DATA_BITS * FRAME_BITS
     batches = corpus_batches(3, batch, seq_len)
-    lz76 = median(timings(lambda: lz76_complexity(batches[0]), repeats, device=device))
+    sample = batches[0].to(device)
+    lz76 = median(timings(lambda: lz76_complexity(sample), repeats, device=device))
     wide = dataclasses.replace(config, max_seq_len=max(seq_len, config.max_seq_len))
     step = lightning_seconds(wide, batches, precision, 1, device, {"telemetry": False}) / 2
     return lz76, step
+
+
+def _sample_seconds(
+    config: ModelConfig, device: torch.device, n_bytes: int, repeats: int, seed: int
+) -> float:
+    """Median seconds of the sample the monitor draws after each validation (a cost per
+    validation, not per step: set against ``trainer.val_check_interval`` steps)."""
+    model = build_model(config).to(device)
+    generator = torch.Generator(device).manual_seed(seed)
+    return median(timings(lambda: generate_bits(model, b"", n_bytes, generator=generator), repeats))

@@ -94,7 +94,7 @@ def _codec(cfg: DictConfig) -> dict[str, Any]:
 
 def _telemetry(cfg: DictConfig) -> dict[str, Any]:
     _check_positive(cfg, "batch_size", "steps", "every_n_steps", "lz76_batch", "lz76_bits")
-    _check_positive(cfg, "repeats")
+    _check_positive(cfg, "sample_bytes", "repeats")
     if not 0 <= cfg.untimed_steps < cfg.steps:
         raise BitLMError(
             f"untimed_steps must be in [0, steps={cfg.steps}), got {cfg.untimed_steps}"
@@ -109,6 +109,7 @@ def _telemetry(cfg: DictConfig) -> dict[str, Any]:
         cfg.every_n_steps,
         cfg.lz76_batch,
         cfg.lz76_bits,
+        cfg.sample_bytes,
         cfg.repeats,
         cfg.seed,
         _progress,

@@ -13,6 +13,7 @@ from bitlm.errors import BitLMError
 from bitlm.hub import load_model
 from bitlm.model import BitModel
 from bitlm.model.generate import generate_bits
+from bitlm.safety import safe_sample_with_retry
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
@@ -25,22 +26,31 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
             f"{cfg.ckpt_path} is a model.unit={model.config.unit} model; bitlm-generate samples "
             "bit models (the byte-level baseline is for training and bitlm-eval comparisons)"
         )
-    generator = torch.Generator(model.head.weight.device).manual_seed(cfg.seed)
-    bits = generate_bits(
-        model,
-        (cfg.prompt or "").encode(),
-        cfg.max_new_bytes,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        stop=cfg.stop.encode() if cfg.stop else None,
-        generator=generator,
-        kv_cache=cfg.kv_cache,
-    )
+    prompt = (cfg.prompt or "").encode()
+    sampling = {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "stop": cfg.stop.encode() if cfg.stop else None,
+        "kv_cache": cfg.kv_cache,
+    }
+    report: dict[str, Any] = {}
+    if cfg.safety.enabled:
+        safety = dict(cfg.safety)
+        del safety["enabled"]
+        sample = safe_sample_with_retry(
+            model, prompt, cfg.max_new_bytes, seed=cfg.seed, **safety, **sampling
+        )
+        bits = sample["bits"]
+        report = {"attempts": sample["attempts"], "telemetry": sample["telemetry"]}
+    else:
+        generator = torch.Generator(model.head.weight.device).manual_seed(cfg.seed)
+        bits = generate_bits(model, prompt, cfg.max_new_bytes, generator=generator, **sampling)
     data, parity_errors = decode_bits(bits.cpu(), errors="replace")
     return {
         "text": data.decode("utf-8", errors="replace"),
         "bytes": len(data),
         "parity_errors": parity_errors,
+        **report,
     }
 
 

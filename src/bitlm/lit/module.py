@@ -91,6 +91,10 @@ class BitLMModule(L.LightningModule):
         if stage == "fit" and hasattr(datamodule, "byte_counts"):
             self.reference_marginal.copy_(marginal_reference(datamodule.byte_counts()))
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints written before the symbiosis reference existed load with the default."""
+        checkpoint["state_dict"].setdefault("reference_marginal", self.reference_marginal)
+
     def training_step(self, bits: Tensor, batch_idx: int) -> Tensor:
         loss, byte_bits, logits, aux = self._score(bits)
         if self.telemetry:

@@ -15,8 +15,8 @@ The task loss reaches the halting units through the mixture weights; the ponder 
 by ``module.ponder_weight``) pushes towards halting earlier through R. A halted position's state
 is no longer updated, but its keys and values still serve the positions that run, exactly as in
 a dense pass, so KV-cached generation gives the same result as the full forward. Compute is saved
-only when every position of a batch has halted, which ends the stack early; ``experiments/
-telemetry`` measures whether that happens.
+only at inference and only when every position of a batch has halted, which ends the stack
+early; ``experiments/telemetry`` measures whether that happens.
 
 Halting biases start at ``HALT_BIAS`` (p ≈ 0.05): an untrained model runs every layer and its
 output is mostly the last state, as without halting.
@@ -37,8 +37,8 @@ States = tuple[Tensor, ...]
 
 
 class HaltingUnits(nn.Module):
-    """One halting unit per layer but the last (that one always halts), and the bookkeeping of
-    one pass: ``begin`` → ``after_layer`` for each layer run → ``output``."""
+    """One halting unit per layer but the last (that one always halts). ``last`` holds the
+    record of the latest pass (see ``HaltingPass.output``) until the model hands it out."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -51,46 +51,53 @@ class HaltingUnits(nn.Module):
             nn.init.zeros_(unit.weight)
             nn.init.constant_(unit.bias, HALT_BIAS)
 
-    def begin(self, states: States) -> None:
+
+class HaltingPass:
+    """The bookkeeping of one forward pass over states (B, T, C): ``after_layer`` for each layer
+    run, then ``output``. Lives only as long as the pass, so no activation outlives it."""
+
+    def __init__(self, halting: HaltingUnits, states: States) -> None:
         B, T, _ = states[0].shape
+        self.halting = halting
         self.run = torch.ones(B, T, 1, dtype=torch.bool, device=states[0].device)
-        self._spent = states[0].new_zeros(B, T, 1, dtype=torch.float32)
-        self._remainder = torch.zeros_like(self._spent)
-        self._layers = torch.zeros_like(self._spent)
-        self._weights: list[Tensor] = []
-        self._mixture = tuple(torch.zeros_like(s) for s in states)
+        self.spent = states[0].new_zeros(B, T, 1, dtype=torch.float32)
+        self.remainder = torch.zeros_like(self.spent)
+        self.layers = torch.zeros_like(self.spent)
+        self.weights: list[Tensor] = []
+        self.mixture = tuple(torch.zeros_like(s) for s in states)
 
     def all_halted(self) -> bool:
         return not bool(self.run.any())
 
     def after_layer(self, layer: int, states: States) -> None:
         """Weigh the states (B, T, C) after ``layer`` into the output and halt where due."""
-        if layer < len(self.units):
+        units = self.halting.units
+        if layer < len(units):
             h = sum(states) / len(states)
-            p = torch.sigmoid(self.units[layer](h).float())  # (B, T, 1)
-            halt = self.run & (self._spent + p >= self.threshold)
+            p = torch.sigmoid(units[layer](h).float())  # (B, T, 1)
+            halt = self.run & (self.spent + p >= self.halting.threshold)
         else:
-            p, halt = torch.zeros_like(self._spent), self.run
-        weight = torch.where(halt, 1 - self._spent, p) * self.run
-        self._mixture = tuple(
-            m + weight.to(s.dtype) * s for m, s in zip(self._mixture, states, strict=True)
+            p, halt = torch.zeros_like(self.spent), self.run
+        weight = torch.where(halt, 1 - self.spent, p) * self.run
+        self.mixture = tuple(
+            m + weight.to(s.dtype) * s for m, s in zip(self.mixture, states, strict=True)
         )
-        self._remainder = torch.where(halt, 1 - self._spent, self._remainder)
-        self._layers = self._layers + self.run
-        self._spent = self._spent + p * (self.run & ~halt)
-        self._weights.append(weight.squeeze(-1))
+        self.remainder = torch.where(halt, 1 - self.spent, self.remainder)
+        self.layers = self.layers + self.run
+        self.spent = self.spent + p * (self.run & ~halt)
+        self.weights.append(weight.squeeze(-1))
         self.run = self.run & ~halt
 
     def output(self) -> States:
-        """The mixture of states; records ``halt_probs`` (B, T, layers run) — each layer's
-        weight in it, summing to 1 per position —, the differentiable ``ponder_cost`` and
-        ``layers_run`` (mean layers per position) in ``self.last``."""
-        self.last = {
-            "halt_probs": torch.stack(self._weights, dim=-1),
-            "ponder_cost": (self._layers + self._remainder).mean(),
-            "layers_run": self._layers.mean(),
+        """The mixture of states. Records in ``halting.last``: ``halt_probs`` (B, T, layers
+        run), each layer's weight in the mixture (summing to 1 per position), the
+        differentiable ``ponder_cost`` and ``layers_run`` (mean layers per position)."""
+        self.halting.last = {
+            "halt_probs": torch.stack(self.weights, dim=-1),
+            "ponder_cost": (self.layers + self.remainder).mean(),
+            "layers_run": self.layers.mean(),
         }
-        return self._mixture
+        return self.mixture
 
 
 def run_layers(
@@ -101,20 +108,22 @@ def run_layers(
     cached: bool,
 ) -> States:
     """Apply ``step(i, block, states)`` for each block in turn, under halting when given: halted
-    positions keep their states, the output is the halting mixture, and once every position has
-    halted the remaining layers are skipped (not when ``cached``: the positions generated later
-    need every layer's keys and values)."""
+    positions keep their states and the output is the halting mixture. At inference, once every
+    position has halted the remaining layers are skipped — not when ``cached`` (positions
+    generated later need every layer's keys and values) and not in training, where every rank
+    must use every parameter (DDP) and the check would sync the device at each layer."""
     if halting is None:
         for i, block in enumerate(blocks):
             states = step(i, block, states)
         return states
-    halting.begin(states)
+    record = HaltingPass(halting, states)
+    early_exit = not cached and not torch.is_grad_enabled()
     for i, block in enumerate(blocks):
-        if not cached and halting.all_halted():
+        if early_exit and record.all_halted():
             break
         updated = step(i, block, states)
         states = tuple(
-            torch.where(halting.run, new, old) for new, old in zip(updated, states, strict=True)
+            torch.where(record.run, new, old) for new, old in zip(updated, states, strict=True)
         )
-        halting.after_layer(i, states)
-    return halting.output()
+        record.after_layer(i, states)
+    return record.output()

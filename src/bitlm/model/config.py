@@ -133,6 +133,11 @@ class ModelConfig:
                 "model.trunk=hierarchical is a bit-model trunk; the byte-level baseline "
                 "(model.unit=byte) already runs at one position per byte: use model.trunk=flat"
             )
+        if self.unit == "byte" and self.use_act:
+            raise BitLMError(
+                "model.use_act (ACT halting) is for bit models; the byte-level baseline is the "
+                "plain reference: set model.use_act=false"
+            )
         for name in ("reversible", "activation_checkpointing", "bias", "use_act"):
             if not isinstance(getattr(self, name), bool):
                 raise BitLMError(f"model.{name} must be true or false, got {getattr(self, name)!r}")

@@ -60,10 +60,14 @@ class TransformerLM(nn.Module):
         return self.head(self.norm(h))
 
     def trunk_telemetry(self) -> dict[str, Tensor]:
-        """What the trunk recorded in its last forward: halting (``halt_probs``, ``ponder_cost``,
-        ``layers_run``; model/act.py) when ``use_act``, else nothing."""
+        """What the trunk recorded in its last forward, handed out once (the module keeps no
+        reference to it): halting (``halt_probs``, ``ponder_cost``, ``layers_run``;
+        model/act.py) when ``use_act``, else nothing."""
         halting = self.trunk.halting
-        return dict(halting.last) if halting is not None else {}
+        if halting is None:
+            return {}
+        record, halting.last = halting.last, {}
+        return record
 
     def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
         """``(training loss, CE in bits of each byte (B, n))`` of the causal model on ``bits``:

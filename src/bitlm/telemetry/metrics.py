@@ -112,7 +112,7 @@ def marginal_reference(byte_counts: Tensor) -> Tensor:
     """The ``marginal`` symbiosis reference: P(bit = 1) at each of the 9 frame positions of a
     corpus with the given count of each byte value (256,), (9,) float32."""
     counts = byte_counts.double()
-    return (counts @ FRAME_TABLE.double() / counts.sum()).float()
+    return (counts @ FRAME_TABLE.to(counts.device, torch.float64) / counts.sum()).float()
 
 
 def attention_entropy(weights: Tensor) -> Tensor:

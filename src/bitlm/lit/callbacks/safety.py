@@ -26,10 +26,13 @@ class SafetyGateCallback(L.Callback):
     * ``rollback``: restore the weights and optimiser state of the last step the gate passed,
       exactly, multiply the learning rate by ``lr_factor`` from then on, and restart the gate
       (burn-in included) so the restored model is judged afresh. Snapshots are taken every
-      ``snapshot_every_n_steps`` passing steps and kept in memory only.
+      ``snapshot_every_n_steps`` steps that the gate judged and passed (never during burn-in),
+      and kept in memory only; before the first one a firing gate only warns.
 
-    Drift: a monitored metric whose value moved by more than ``drift_threshold`` over the last
-    ``drift_window`` steps is logged as a warning and counted (``safety/drift_events``).
+    The gate judges the optimiser steps only (the last micro-batch of each gradient
+    accumulation). Drift: a monitored metric whose value moved by more than ``drift_threshold``
+    over the last ``drift_window`` steps is logged as a warning and counted once
+    (``safety/drift_events``; its window then starts afresh).
     The decision is taken on all ranks together (``reduce_boolean_decision``), like
     ``EarlyStopping``'s; counters and the gate's averages are saved in checkpoints.
     """
@@ -68,6 +71,8 @@ class SafetyGateCallback(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: no optimiser step to judge
         metrics = trainer.callback_metrics
         if "telemetry/C" not in metrics or "telemetry/S" not in metrics:
             raise BitLMError(
@@ -81,9 +86,7 @@ class SafetyGateCallback(L.Callback):
         pl_module.log_dict({"safety/ema_C": self.gate.ema_c, "safety/ema_S": self.gate.ema_s})
         if fired:
             self._act(trainer, pl_module)
-        elif self.action == "rollback" and (
-            self.snapshot is None or trainer.global_step % self.snapshot_every_n_steps == 0
-        ):
+        elif self.action == "rollback" and self._snapshot_due(trainer.global_step):
             self.snapshot = _snapshot(trainer, pl_module)
         pl_module.log_dict(
             {
@@ -91,6 +94,11 @@ class SafetyGateCallback(L.Callback):
                 "safety/drift_events": float(sum(self.drift_events.values())),
             }
         )
+
+    def _snapshot_due(self, step: int) -> bool:
+        """A passing step after burn-in: the first such one, then every n-th step."""
+        judged = self.gate.steps > self.gate.burn_in
+        return judged and (self.snapshot is None or step % self.snapshot_every_n_steps == 0)
 
     def _watch_drift(self, values: dict[str, float], step: int) -> None:
         for name, value in values.items():
@@ -102,6 +110,8 @@ class SafetyGateCallback(L.Callback):
                     f"step {step}: {name} moved {value - history[0]:+.3f} over the last "
                     f"{history.maxlen - 1} steps (drift threshold {self.drift_threshold})"
                 )
+                history.clear()
+                history.append(value)
 
     def _act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fired += 1
@@ -165,6 +175,7 @@ def _restore(
     pl_module.load_state_dict(snapshot["model"])
     for optimizer, state in zip(trainer.optimizers, snapshot["optimizers"], strict=True):
         optimizer.load_state_dict(state)
+        optimizer.zero_grad(set_to_none=True)
         for group in optimizer.param_groups:
             group["lr"] *= lr_factor
     for config in trainer.lr_scheduler_configs:

@@ -69,6 +69,8 @@ class TelemetryMonitor(L.Callback):
         for layer, (maps, states) in enumerate(
             zip(internals.attention, internals.activations, strict=True)
         ):
+            if not maps:  # with ACT every position halted before this layer: it did not run
+                continue
             scalars[f"telemetry/attention_entropy/layer_{layer}"] = (
                 attention_entropy(maps[0]).mean().item()
             )

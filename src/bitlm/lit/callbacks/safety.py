@@ -41,7 +41,7 @@ class SafetyGateCallback(L.Callback):
         self,
         action: str = "warn",
         c_floor: float = 0.3,
-        s_floor: float = 0.5,
+        s_floor: float = 0.25,
         decay: float = 0.9,
         burn_in: int = 100,
         lr_factor: float = 0.5,

@@ -54,6 +54,20 @@ def run_cli(cache_dir):
     return run
 
 
+def quiet_trainer(**kwargs):
+    """A CPU ``L.Trainer`` with no logger, checkpoints, progress bar or summary unless given."""
+    import lightning as L
+
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
 TINY_TRAIN = (
     "model=tiny",
     "trainer.max_steps=40",

@@ -18,6 +18,7 @@ from bitlm.lit.callbacks.telemetry import TelemetryMonitor, attention_image
 from bitlm.lit.datamodule import BitDataModule
 from bitlm.lit.module import BitLMModule
 from bitlm.model.config import ModelConfig
+from tests.conftest import quiet_trainer
 
 CONFIG = ModelConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=72, trunk="hierarchical")
 
@@ -53,13 +54,8 @@ class Recorder(L.Callback):
 
 
 def fit(module, callbacks, steps, tmp_path, **trainer_kwargs):
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         callbacks=callbacks,
         default_root_dir=tmp_path,
@@ -195,17 +191,13 @@ def test_tensorboard_holds_images_histograms_telemetry_and_hparams(tmp_path):
     module = BitLMModule(config, warmup_steps=1)
     datamodule = BitDataModule(seq_len=72, batch_size=4, cache_dir=str(tmp_path))
     logger = TensorBoardLogger(tmp_path, name="tb", version="", default_hp_metric=False)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=4,
         val_check_interval=2,
         limit_val_batches=2,
         log_every_n_steps=1,
         logger=logger,
         callbacks=[TelemetryMonitor(every_n_steps=2, probe_size=2, sample_bytes=8)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=datamodule)
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "histograms": 0})

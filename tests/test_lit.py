@@ -10,6 +10,7 @@ from bitlm.lit.datamodule import BitDataModule
 from bitlm.lit.module import BitLMModule
 from bitlm.model.config import ModelConfig
 from bitlm.telemetry.metrics import marginal_reference, symbiosis
+from tests.conftest import quiet_trainer
 
 
 @pytest.mark.parametrize(
@@ -27,15 +28,7 @@ def test_tiny_fit_lowers_validation_bpb(tmp_path, model):
     config = ModelConfig(d_model=64, n_heads=2, n_layers=2, max_seq_len=288, **model)
     module = BitLMModule(config, lr=3e-3, warmup_steps=5)
     datamodule = BitDataModule(seq_len=288, batch_size=8, cache_dir=str(tmp_path))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=60,
-        limit_val_batches=8,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=60, limit_val_batches=8)
     before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/bpb"]
     trainer.fit(module, datamodule=datamodule)
     after = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/bpb"]
@@ -52,15 +45,7 @@ def test_hyperparameters_round_trip_through_a_checkpoint(tmp_path):
 
 
 def _one_step(module, tmp_path):
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     datamodule = BitDataModule(seq_len=72, batch_size=4, cache_dir=str(tmp_path))
     L.seed_everything(0)
     trainer.fit(module, datamodule=datamodule)

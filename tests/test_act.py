@@ -100,7 +100,7 @@ def test_kv_cached_generation_with_halting_matches_uncached(trunk):
     with torch.no_grad():
         _, telemetry = model(torch.randint(0, 2, (1, 144)))
         depth = telemetry["layers_run"].item()
-        assert 1 < depth < 3 and depth not in (1.0, 2.0, 3.0)
+        assert 1 < depth < 3 and depth != 2  # a mix: not every position halts at one layer
         expected = _greedy_uncached(model, b"Hi!", 20)
     assert generate(model, b"Hi!", 20, temperature=0) == expected
 

@@ -23,6 +23,7 @@ from bitlm.telemetry.metrics import (
     negentropy,
     prediction_complexity,
     prediction_negentropy,
+    prediction_telemetry,
     symbiosis,
 )
 from bitlm.telemetry.synthesizer import TelemetrySynthesizer
@@ -230,3 +231,13 @@ def test_synthesizer_with_a_model_adds_prediction_features_and_refuses_bad_k():
     assert names == ["K", "C_lz76", "K_pred", "C_pred", "S"] and features.shape == (3, 5)
     with pytest.raises(BitLMError, match="n_clusters=4"):
         synthesizer.cluster_sequences(bits, 4)
+
+
+def test_prediction_telemetry_equals_the_single_metrics():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 36, 2, generator=g)
+    for reference in (torch.rand(9, generator=g), torch.rand(3, 36, generator=g)):
+        together = prediction_telemetry(logits, reference)
+        torch.testing.assert_close(together["K"], prediction_negentropy(logits))
+        torch.testing.assert_close(together["C"], prediction_complexity(logits))
+        torch.testing.assert_close(together["S"], symbiosis(logits, reference))

@@ -34,14 +34,8 @@ from bitlm.errors import BitLMError
 from bitlm.model import BitModel
 from bitlm.model.generate import generate_bits
 from bitlm.model.transformer import evaluating
-from bitlm.telemetry.metrics import (
-    lz76_complexity,
-    marginal_reference,
-    negentropy,
-    prediction_complexity,
-    prediction_negentropy,
-    symbiosis,
-)
+from bitlm.telemetry.losses import telemetry_of
+from bitlm.telemetry.metrics import lz76_complexity, marginal_reference
 
 
 class SafetyError(BitLMError):
@@ -95,21 +89,17 @@ class SafetyGate:
 def judge(
     model: BitModel, bits: Tensor, reference: Tensor | None = None
 ) -> tuple[Tensor, dict[str, float]]:
-    """``(logits, telemetry)`` of a bit model on bits (B, 9n): the predictions' K, C and S and
-    the bits' own K and exact LZ76 C (``C_lz76``), batch means. The reference defaults to the
-    bits' own per-position marginals."""
+    """``(logits, telemetry)`` of a bit model on bits (B, 9n): the batch means the training
+    module logs (``telemetry_of``: the predictions' K, C, S and the bits' ``K_data``,
+    ``C_data``) and the bits' exact LZ76 (``C_lz76``). The reference defaults to the bits' own
+    per-position marginals."""
     if reference is None:
         values = torch.bincount(frame_values(bits).flatten().long(), minlength=256)
         reference = marginal_reference(values)
     with evaluating(model), torch.no_grad():
         logits, _ = model(bits)
-    telemetry = {
-        "K": prediction_negentropy(logits).mean().item(),
-        "C": prediction_complexity(logits).mean().item(),
-        "S": symbiosis(logits, reference).mean().item(),
-        "K_bits": negentropy(bits).mean().item(),
-        "C_lz76": lz76_complexity(bits).mean().item(),
-    }
+    telemetry = {k: v.item() for k, v in telemetry_of(logits, bits, reference).items()}
+    telemetry["C_lz76"] = lz76_complexity(bits).mean().item()
     return logits, telemetry
 
 

@@ -20,9 +20,7 @@ from bitlm.telemetry.metrics import (
     data_bits,
     flip_rate_complexity,
     negentropy,
-    prediction_complexity,
-    prediction_negentropy,
-    symbiosis,
+    prediction_telemetry,
 )
 
 
@@ -51,10 +49,7 @@ class KCSLoss:
 
 def telemetry_of(logits: Tensor, bits: Tensor, reference: Tensor) -> dict[str, Tensor]:
     """Batch means of K, C, S of the predictions and K, C (flip-rate statistic) of the data."""
-    return {
-        "K": prediction_negentropy(logits).mean(),
-        "C": prediction_complexity(logits).mean(),
-        "S": symbiosis(logits, reference).mean(),
-        "K_data": negentropy(bits).mean(),
-        "C_data": flip_rate_complexity(data_bits(bits).float()).mean(),
-    }
+    telemetry = {k: v.mean() for k, v in prediction_telemetry(logits, reference).items()}
+    telemetry["K_data"] = negentropy(bits).mean()
+    telemetry["C_data"] = flip_rate_complexity(data_bits(bits).float()).mean()
+    return telemetry

@@ -77,7 +77,11 @@ def binary_entropy(p: Tensor) -> Tensor:
 
 def prediction_negentropy(logits: Tensor) -> Tensor:
     """K of the predictions (B, 9n, 2): ``1 − mean_t H2(p_t)`` over data bits, (B,)."""
-    return 1.0 - binary_entropy(data_bits(bit_probabilities(logits))).mean(1)
+    return _negentropy_of(data_bits(bit_probabilities(logits)))
+
+
+def _negentropy_of(p: Tensor) -> Tensor:
+    return 1.0 - binary_entropy(p).mean(1)
 
 
 def flip_rate_complexity(p: Tensor) -> Tensor:
@@ -104,8 +108,27 @@ def symbiosis(logits: Tensor, reference: Tensor) -> Tensor:
     (``marginal_reference``) or per bit (B, 9n) (a reference model's predictions);
     ``mean_t exp(−KL(q_t ‖ p_t))`` over data bits, (B,)."""
     p = bit_probabilities(logits)
-    q = reference.to(p).repeat(p.size(1) // FRAME_BITS) if reference.dim() == 1 else reference
-    return torch.exp(-bernoulli_kl(data_bits(q.expand_as(p)), data_bits(p))).mean(1)
+    return _symbiosis_of(data_bits(p), data_bits(_reference_like(reference, p)))
+
+
+def _symbiosis_of(p: Tensor, q: Tensor) -> Tensor:
+    return torch.exp(-bernoulli_kl(q, p)).mean(1)
+
+
+def _reference_like(reference: Tensor, p: Tensor) -> Tensor:
+    """The reference as P(bit = 1) at every position of p (B, 9n)."""
+    if reference.dim() == 1:  # per frame position
+        return reference.to(p).repeat(p.size(1) // FRAME_BITS).expand_as(p)
+    return reference.to(p)
+
+
+def prediction_telemetry(logits: Tensor, reference: Tensor) -> dict[str, Tensor]:
+    """K, C and S of the predictions (B, 9n, 2), each per sequence (B,), from one softmax: what
+    the module logs every step, the losses use and the safety gate judges."""
+    p = bit_probabilities(logits)
+    q = data_bits(_reference_like(reference, p))
+    p = data_bits(p)
+    return {"K": _negentropy_of(p), "C": flip_rate_complexity(p), "S": _symbiosis_of(p, q)}
 
 
 def marginal_reference(byte_counts: Tensor) -> Tensor:

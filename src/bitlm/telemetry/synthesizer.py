@@ -16,13 +16,7 @@ from torch import Tensor
 
 from bitlm.errors import BitLMError
 from bitlm.model.transformer import evaluating
-from bitlm.telemetry.metrics import (
-    lz76_complexity,
-    negentropy,
-    prediction_complexity,
-    prediction_negentropy,
-    symbiosis,
-)
+from bitlm.telemetry.metrics import lz76_complexity, negentropy, prediction_telemetry
 
 
 @dataclass
@@ -56,11 +50,8 @@ class TelemetrySynthesizer:
         if self.model is not None:
             with evaluating(self.model), torch.no_grad():
                 logits, _ = self.model(bits)
-            columns |= {
-                "K_pred": prediction_negentropy(logits),
-                "C_pred": prediction_complexity(logits),
-                "S": symbiosis(logits, self.reference),
-            }
+            predicted = prediction_telemetry(logits, self.reference)
+            columns |= {"K_pred": predicted["K"], "C_pred": predicted["C"], "S": predicted["S"]}
         return torch.stack([c.float().cpu() for c in columns.values()], dim=1), list(columns)
 
     def cluster_sequences(self, bits: Tensor, n_clusters: int) -> Clusters:

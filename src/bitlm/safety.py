@@ -15,7 +15,8 @@ In training a callback (``lit/callbacks/safety.py``) feeds it the predictions' C
 and warns, stops or rolls back. At inference ``hil_safe_inference`` judges one batch (C = exact
 LZ76 of the bits, S = the model's predictions on them against a reference) and
 ``safe_sample_with_retry`` re-samples with a new seed and a higher temperature until a sample
-passes, backing off exponentially between attempts.
+passes, backing off exponentially between attempts and falling back to a diffusion model when
+one is given.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from torch import Tensor
 from bitlm.bits import bits_to_text, frame_values
 from bitlm.errors import BitLMError
 from bitlm.model import BitModel
-from bitlm.model.generate import generate_bits
 from bitlm.model.transformer import evaluating
+from bitlm.sampling import sample
 from bitlm.telemetry.losses import telemetry_of
 from bitlm.telemetry.metrics import lz76_complexity, marginal_reference
 
@@ -145,6 +146,7 @@ def safe_sample_with_retry(
     reference: Tensor | None = None,
     c_floor: float = 0.3,
     s_floor: float = 0.25,
+    fallback: BitModel | None = None,
     sleep: Callable[[float], None] = time.sleep,
     **sampling: Any,
 ) -> dict[str, Any]:
@@ -152,21 +154,30 @@ def safe_sample_with_retry(
     ``seed + k`` and temperature ``temperature + k · temperature_step`` (more diverse after a
     repetitive sample), after waiting ``backoff_s · 2^(k−1)`` seconds.
 
-    The sample is judged on its last ``max_seq_len`` bits (whole frames: what the model sees).
-    Returns ``{"text", "bits", "attempts", "telemetry"}`` of the first safe sample; raises
-    ``SafetyError`` (with the last telemetry) when all ``1 + max_retries`` attempts fail.
+    Attempt 0 samples ``model`` in its own mode (``bitlm.sampling.sample``, which takes the
+    ``sampling`` options). Retries fall back to diffusion mode when a diffusion model
+    ``fallback`` is given: it fills the whole span at once instead of extending a sample bit by
+    bit, so it cannot fall into the loop a causal sampler repeats. Every sample is judged by
+    ``model``, on its last ``max_seq_len`` bits (whole frames: what the model sees).
+    Returns ``{"text", "bits", "attempts", "mode", "parity_repairs", "telemetry"}`` of the first
+    safe sample; raises ``SafetyError`` (with the last telemetry) when all ``1 + max_retries``
+    attempts fail.
     """
     if max_retries < 0:
         raise BitLMError(f"max_retries must be >= 0, got {max_retries}")
+    if fallback is not None and fallback.config.mode != "diffusion":
+        raise BitLMError("the safety fallback model must be a model.mode=diffusion model")
     device = model.head.weight.device
     telemetry: dict[str, Any] = {}
     for attempt in range(max_retries + 1):
         if attempt:
             sleep(backoff_s * 2 ** (attempt - 1))
-        generator = torch.Generator(device).manual_seed(seed + attempt)
+        sampler = fallback if attempt and fallback is not None else model
+        generator = torch.Generator(sampler.head.weight.device).manual_seed(seed + attempt)
         heat = temperature + attempt * temperature_step
-        bits = generate_bits(
-            model, prompt, max_new_bytes, temperature=heat, generator=generator, **sampling
+        sampling["mode"] = sampler.config.mode
+        bits, repairs = sample(
+            sampler, prompt, max_new_bytes, temperature=heat, generator=generator, **sampling
         )
         if not bits.numel():  # nothing emitted (an immediate stop string): nothing to judge
             telemetry = {"safe": True}
@@ -181,6 +192,12 @@ def safe_sample_with_retry(
             )
         telemetry["temperature"] = heat
         if telemetry["safe"]:
-            text = bits_to_text(bits)
-            return {"text": text, "bits": bits, "attempts": attempt + 1, "telemetry": telemetry}
+            return {
+                "text": bits_to_text(bits),
+                "bits": bits,
+                "attempts": attempt + 1,
+                "mode": sampling["mode"],
+                "parity_repairs": repairs,
+                "telemetry": telemetry,
+            }
     raise SafetyError(f"no sample passed the safety gate in {max_retries + 1} attempts", telemetry)

@@ -10,33 +10,45 @@ from omegaconf import DictConfig
 from bitlm.cli.app import hydra_app, pick_device
 from bitlm.data import resolve_paths
 from bitlm.errors import BitLMError
-from bitlm.evaluate import compressor_references, model_bits
+from bitlm.evaluate import compressor_references, denoising_metrics, model_bits
 from bitlm.hub import load_model
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score every file; the total bpb weights files by their length (Σ bits / Σ bytes)."""
+    """Score every file; the total bpb weights files by their length (Σ bits / Σ bytes). A
+    diffusion model's bpb is an upper bound, reported with its denoising metrics."""
     if cfg.batch_size < 1:
         raise BitLMError(f"batch_size must be a positive integer, got {cfg.batch_size}")
     if cfg.stride_bytes is not None and cfg.stride_bytes < 1:
         raise BitLMError(f"stride_bytes must be a positive integer or null, got {cfg.stride_bytes}")
+    levels = list(cfg.noise_levels)
+    if not all(isinstance(x, (int, float)) and 0 < x <= 1 for x in levels):
+        raise BitLMError(f"noise_levels must be numbers in (0, 1], got {levels}")
     model = load_model(cfg.ckpt_path, pick_device(cfg.device))
     stride = cfg.stride_bytes and min(cfg.stride_bytes, model.config.max_bytes)
     files = resolve_paths([cfg.files] if isinstance(cfg.files, str) else list(cfg.files))
     texts = {_display_name(f): f.read_bytes() for f in files}
-    bits = {name: model_bits(model, data, stride, cfg.batch_size) for name, data in texts.items()}
+    bits = {
+        name: model_bits(model, data, stride, cfg.batch_size, seed=cfg.seed)
+        for name, data in texts.items()
+    }
     n_bytes = sum(len(data) for data in texts.values())
     per_file_refs = {name: compressor_references(data) for name, data in texts.items()}
     references = {
         ref: sum(refs[ref] * len(texts[name]) for name, refs in per_file_refs.items()) / n_bytes
         for ref in next(iter(per_file_refs.values()))
     }
-    return {
+    report = {
         "bpb": sum(bits.values()) / n_bytes,
         "bytes": n_bytes,
         "files": {name: bits[name] / len(texts[name]) for name in texts},
         "references": references,
     }
+    if model.config.mode == "diffusion":
+        report["bpb_is_upper_bound"] = True
+        all_text = b"".join(texts.values())
+        report["denoising"] = denoising_metrics(model, all_text, levels, cfg.batch_size, cfg.seed)
+    return report
 
 
 def _display_name(path: Path) -> str:

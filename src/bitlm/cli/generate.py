@@ -12,50 +12,82 @@ from bitlm.cli.app import hydra_app, pick_device
 from bitlm.errors import BitLMError
 from bitlm.hub import load_model
 from bitlm.model import BitModel
-from bitlm.model.generate import generate_bits
 from bitlm.safety import safe_sample_with_retry
+from bitlm.sampling import sample
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
-    """Sample, then decode leniently and *count* parity failures (0 by construction: parity
-    bits are computed, not sampled) so the claim is measured on every call."""
+    """Sample, then decode leniently and *count* parity failures (0 by construction: causal
+    sampling computes parity bits, diffusion sampling repairs them) so the claim is measured on
+    every call."""
     _check_sampling(cfg)
-    model = load_model(cfg.ckpt_path, pick_device(cfg.device))
-    if not isinstance(model, BitModel):
-        raise BitLMError(
-            f"{cfg.ckpt_path} is a model.unit={model.config.unit} model; bitlm-generate samples "
-            "bit models (the byte-level baseline is for training and bitlm-eval comparisons)"
-        )
-    prompt = (cfg.prompt or "").encode()
-    sampling = {
-        "temperature": cfg.temperature,
+    device = pick_device(cfg.device)
+    model = _bit_model(cfg.ckpt_path, device)
+    mode = cfg.mode or model.config.mode
+    if mode == "diffusion" and cfg.top_p != 1:
+        raise BitLMError("top_p applies to causal sampling; diffusion sampling uses temperature")
+    options = {
+        "mode": mode,
+        "suffix": (cfg.suffix or "").encode(),
         "top_p": cfg.top_p,
         "stop": cfg.stop.encode() if cfg.stop else None,
         "kv_cache": cfg.kv_cache,
+        "diffusion_steps": cfg.diffusion_steps,
+        "schedule": cfg.schedule,
+        "remask": cfg.remask,
     }
-    report: dict[str, Any] = {}
+    prompt = (cfg.prompt or "").encode()
+    report: dict[str, Any] = {"mode": mode}
     if cfg.safety.enabled:
         safety = dict(cfg.safety)
         del safety["enabled"]
-        sample = safe_sample_with_retry(
-            model, prompt, cfg.max_new_bytes, seed=cfg.seed, **safety, **sampling
+        fallback = safety.pop("diffusion_model")
+        if fallback is not None:
+            fallback = _bit_model(fallback, device)
+        result = safe_sample_with_retry(
+            model,
+            prompt,
+            cfg.max_new_bytes,
+            seed=cfg.seed,
+            temperature=cfg.temperature,
+            fallback=fallback,
+            **safety,
+            **options,
         )
-        bits = sample["bits"]
-        report = {"attempts": sample["attempts"], "telemetry": sample["telemetry"]}
+        bits, repairs = result["bits"], result["parity_repairs"]
+        report |= {k: result[k] for k in ("attempts", "mode", "telemetry")}
     else:
         generator = torch.Generator(model.head.weight.device).manual_seed(cfg.seed)
-        bits = generate_bits(model, prompt, cfg.max_new_bytes, generator=generator, **sampling)
+        bits, repairs = sample(
+            model,
+            prompt,
+            cfg.max_new_bytes,
+            temperature=cfg.temperature,
+            generator=generator,
+            **options,
+        )
     data, parity_errors = decode_bits(bits.cpu(), errors="replace")
     return {
         "text": data.decode("utf-8", errors="replace"),
         "bytes": len(data),
         "parity_errors": parity_errors,
+        "parity_repairs": repairs,
         **report,
     }
 
 
+def _bit_model(path: str, device: torch.device) -> BitModel:
+    model = load_model(path, device)
+    if not isinstance(model, BitModel):
+        raise BitLMError(
+            f"{path} is a model.unit={model.config.unit} model; bitlm-generate samples bit "
+            "models (the byte-level baseline is for training and bitlm-eval comparisons)"
+        )
+    return model
+
+
 def _check_sampling(cfg: DictConfig) -> None:
-    for key in ("prompt", "stop"):
+    for key in ("prompt", "suffix", "stop"):
         value = cfg[key]
         if value is not None and not isinstance(value, str):
             raise BitLMError(
@@ -68,6 +100,8 @@ def _check_sampling(cfg: DictConfig) -> None:
         raise BitLMError(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
     if not 0 < cfg.top_p <= 1:
         raise BitLMError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if not isinstance(cfg.diffusion_steps, int) or cfg.diffusion_steps < 1:
+        raise BitLMError(f"diffusion_steps must be a positive integer, got {cfg.diffusion_steps}")
 
 
 main = hydra_app("generate", generate)

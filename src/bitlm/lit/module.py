@@ -10,9 +10,17 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
 from bitlm.bits import FRAME_BITS
+from bitlm.diffusion import (
+    corrupt,
+    corruption_rate,
+    denoising_loss,
+    denoising_stats,
+    elbo_bits,
+    sample_noise_times,
+)
 from bitlm.errors import BitLMError
 from bitlm.hub import load_model
 from bitlm.model import build_model
@@ -44,6 +52,14 @@ class BitLMModule(L.LightningModule):
     position of the training data, estimated at fit start and saved with the checkpoint) or
     ``model`` (the predictions of the frozen model at ``reference_model``, a .ckpt or an
     exported folder).
+
+    Diffusion mode (``model.mode=diffusion``, ``bitlm/diffusion.py``): the loss is the mean
+    cross-entropy of the masked bits (parity bits included: they are part of the joint the
+    likelihood bound covers) of windows corrupted at noise time t ~ U(0, ``noise_level``), which
+    the ``DiffusionCurriculum`` callback lowers over training. Logged: ``train/bit_acc`` and
+    ``val/bit_acc`` (argmax accuracy on the masked data bits; validation at t ~ U(0, 1) with a
+    fixed seed per batch) and ``val/bpb``, the any-order upper bound (``elbo_bits``) on the
+    model's bits per byte.
     """
 
     def __init__(
@@ -62,6 +78,7 @@ class BitLMModule(L.LightningModule):
         symbiosis_reference: str = "marginal",
         reference_model: str | None = None,
         telemetry: bool = True,
+        noise_level: float = 1.0,
     ) -> None:
         super().__init__()
         config = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model)
@@ -70,6 +87,10 @@ class BitLMModule(L.LightningModule):
         self.model = build_model(config)
         self.kcs = KCSLoss(lambda_K, lambda_C, lambda_S)
         self.bit_model = config.unit == "bit"
+        self.diffusion = config.mode == "diffusion"
+        if not 0.0 < noise_level <= 1.0:
+            raise BitLMError(f"module.noise_level must be in (0, 1], got {noise_level}")
+        self.noise_level = noise_level  # the DiffusionCurriculum callback lowers it
         _check_telemetry_options(self.kcs, config, symbiosis_reference, reference_model, telemetry)
         self.telemetry = telemetry and self.bit_model
         self.register_buffer("reference_marginal", torch.full((FRAME_BITS,), 0.5))
@@ -78,6 +99,8 @@ class BitLMModule(L.LightningModule):
         )
         self.train_bpb = BitsPerByte()
         self.val_bpb = BitsPerByte()
+        self.train_bit_acc = MeanMetric()
+        self.val_bit_acc = MeanMetric()
         self.val_telemetry = MetricCollection(
             {"K": Negentropy(), "C": LZComplexity(), "S": Symbiosis()}, prefix="val/"
         )
@@ -96,7 +119,10 @@ class BitLMModule(L.LightningModule):
         checkpoint["state_dict"].setdefault("reference_marginal", self.reference_marginal)
 
     def training_step(self, bits: Tensor, batch_idx: int) -> Tensor:
-        loss, byte_bits, logits, aux = self._score(bits)
+        if self.diffusion:
+            loss, logits, aux = self._denoise(bits, "train", self.noise_level)
+        else:
+            loss, logits, aux = self._score(bits, "train")
         if self.telemetry:
             with torch.set_grad_enabled(self.kcs.active):
                 kcs_loss, telemetry = self.kcs(logits, bits, self._reference(bits))
@@ -106,17 +132,21 @@ class BitLMModule(L.LightningModule):
         for name in ("ponder_cost", "layers_run"):
             if name in aux:
                 self.log(f"telemetry/{name}", aux[name].detach())
-        self.train_bpb(byte_bits)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/bpb", self.train_bpb, prog_bar=True)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
     def validation_step(self, bits: Tensor, batch_idx: int) -> None:
-        loss, byte_bits, logits, _ = self._score(bits)
-        self.val_bpb.update(byte_bits)
+        if self.diffusion:
+            generator = torch.Generator(bits.device).manual_seed(batch_idx)
+            loss, logits, _ = self._denoise(bits, "val", 1.0, generator)
+            window_bits = elbo_bits(self.model, bits, generator)  # bound on −log2 p(window)
+            n_bytes = bits.size(1) // FRAME_BITS
+            self.val_bpb.update((window_bits / n_bytes)[:, None].expand(-1, n_bytes))
+            self.log("val/bpb", self.val_bpb, prog_bar=True)
+        else:
+            loss, logits, _ = self._score(bits, "val")
         self.log("val/loss", loss, sync_dist=True)
-        self.log("val/bpb", self.val_bpb, prog_bar=True)
         if self.telemetry:
             reference = self._reference(bits)
             self.val_telemetry["K"].update(logits)
@@ -124,16 +154,41 @@ class BitLMModule(L.LightningModule):
             self.val_telemetry["S"].update(logits, reference)
             self.log_dict(self.val_telemetry)
 
-    def _score(self, bits: Tensor) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor]]:
-        """``(loss, CE bits per byte (B, n), logits or None, model telemetry)``; the loss is the
-        cross-entropy plus the weighted ponder cost when the model halts."""
+    def _score(self, bits: Tensor, stage: str) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """Causal mode: ``(loss, logits or None, model telemetry)``, updating and logging the
+        stage's bpb; the loss is the cross-entropy plus the weighted ponder cost when the model
+        halts."""
+        bpb = getattr(self, f"{stage}_bpb")
         if not self.bit_model:  # the byte-level baseline: 256-way logits, no bit telemetry
-            return *self.model.score(bits, self.hparams.include_parity_loss), None, {}
-        logits, aux = self.model(bits)
-        loss, byte_bits = bit_cross_entropy(logits, bits, self.hparams.include_parity_loss)
+            loss, byte_bits = self.model.score(bits, self.hparams.include_parity_loss)
+            logits, aux = None, {}
+        else:
+            logits, aux = self.model(bits)
+            loss, byte_bits = bit_cross_entropy(logits, bits, self.hparams.include_parity_loss)
+        bpb(byte_bits)  # forward: Lightning logs the batch value on steps
+        self.log(f"{stage}/bpb", bpb, prog_bar=True)
+        return self._with_ponder(loss, aux), logits, aux
+
+    def _denoise(
+        self, bits: Tensor, stage: str, noise_level: float, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Diffusion mode: ``(loss, logits, model telemetry)`` of denoising bits corrupted at
+        t ~ U(0, noise_level), updating and logging the stage's masked-bit accuracy."""
+        t = sample_noise_times(bits.size(0), noise_level, generator, bits.device)
+        rate = corruption_rate(self.model.config.noise_schedule, t)
+        noisy, masked = corrupt(bits, rate, generator)
+        logits, aux = self.model(noisy, causal=False)
+        stats = denoising_stats(logits, bits, masked)
+        accuracy = getattr(self, f"{stage}_bit_acc")
+        if stats.count:
+            accuracy(stats.correct / stats.count, stats.count)
+        self.log(f"{stage}/bit_acc", accuracy, prog_bar=True)
+        return self._with_ponder(denoising_loss(logits, bits, masked), aux), logits, aux
+
+    def _with_ponder(self, loss: Tensor, aux: dict[str, Tensor]) -> Tensor:
         if "ponder_cost" in aux:
-            loss = loss + self.hparams.ponder_weight * aux["ponder_cost"]
-        return loss, byte_bits, logits, aux
+            return loss + self.hparams.ponder_weight * aux["ponder_cost"]
+        return loss
 
     def _reference(self, bits: Tensor) -> Tensor:
         """The symbiosis reference for ``bits``: per-position marginals (9,) or the reference

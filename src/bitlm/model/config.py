@@ -10,6 +10,9 @@ from typing import Any
 from bitlm.bits import FRAME_BITS, frames_in
 from bitlm.errors import BitLMError
 
+NOISE_SCHEDULES = ("linear", "cosine", "exp")
+"""Names of the corruption-rate schedules of diffusion mode (``bitlm.diffusion.SCHEDULES``)."""
+
 
 @dataclass
 class ModelConfig:
@@ -28,6 +31,13 @@ class ModelConfig:
     # hierarchical; the default here stays flat so config.json files written before the
     # hierarchical trunk existed still load as the model they describe.
     trunk: str = "flat"
+    # "causal": predict each bit from the bits before it (autoregressive); "diffusion": predict
+    # masked bits from the whole noisy sequence (bidirectional denoising, bitlm/diffusion.py)
+    mode: str = "causal"
+    # diffusion mode: corruption rate γ(t) over noise time t ∈ [0, 1] used in training and, by
+    # default, by the sampler: "linear" γ = t, "cosine" γ = 1 − cos(πt/2), "exp" γ = (1 − e^(−5t))
+    # / (1 − e^(−5)) (bitlm.diffusion.SCHEDULES)
+    noise_schedule: str = "linear"
     d_model: int = 256
     n_heads: int = 4
     n_layers: int = 4
@@ -127,6 +137,18 @@ class ModelConfig:
         if self.local_decoder not in ("tree", "transformer"):
             raise BitLMError(
                 f"model.local_decoder must be 'tree' or 'transformer', got {self.local_decoder!r}"
+            )
+        if self.mode not in ("causal", "diffusion"):
+            raise BitLMError(f"model.mode must be 'causal' or 'diffusion', got {self.mode!r}")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise BitLMError(
+                f"model.noise_schedule must be one of {list(NOISE_SCHEDULES)}, "
+                f"got {self.noise_schedule!r}"
+            )
+        if self.unit == "byte" and self.mode != "causal":
+            raise BitLMError(
+                "model.mode=diffusion is for bit models; the byte-level baseline is the causal "
+                "reference: set model.mode=causal"
             )
         if self.unit == "byte" and self.trunk != "flat":
             raise BitLMError(

@@ -22,8 +22,12 @@ flat model.
 
 Cost per byte: one position of the main stack (the flat model pays nine) plus, for the tree, a
 projection to 510 logits (what a 256-way softmax costs); the transformer decoder adds eight
-positions of a stack ``local_d_model`` wide. ``experiments/hierarchical`` measures both. Causal
-mode only: diffusion's bidirectional denoising needs ``trunk=flat``.
+positions of a stack ``local_d_model`` wide. ``experiments/hierarchical`` measures both.
+
+Diffusion mode (``mode=diffusion``) has no in-frame decoder: the global trunk reads the noisy
+frames themselves (not shifted; MASK symbols embed like any other) without a causal mask, and the
+head gives two logits for each of the frame's 9 bits, each predicted from the whole noisy
+sequence as the flat trunk's bidirectional path does, at one trunk position per byte.
 """
 
 from __future__ import annotations
@@ -118,23 +122,35 @@ class HierarchicalBitLM(TransformerLM):
         super().__init__()
         # one table for (position in frame, symbol): index 3·k + s
         self.frame_embedding = nn.Embedding(FRAME_BITS * SYMBOLS, config.d_model)
-        decoder = LOCAL_DECODERS[config.local_decoder]
-        self._build_trunk_and_head(config, n_outputs=decoder.context_size(config))
-        # built after the trunk's initialisation: a decoder initialises itself for its own depth
-        self.local = decoder(config)
+        if config.mode == "diffusion":  # every bit of the frame at once: 9 × 2 logits
+            self._build_trunk_and_head(config, n_outputs=2 * FRAME_BITS)
+            self.local = None
+        else:
+            decoder = LOCAL_DECODERS[config.local_decoder]
+            self._build_trunk_and_head(config, n_outputs=decoder.context_size(config))
+            # built after the trunk's initialisation: a decoder initialises itself for its depth
+            self.local = decoder(config)
         offsets = SYMBOLS * torch.arange(FRAME_BITS)
         self.register_buffer("symbol_offsets", offsets, persistent=False)
 
-    def forward(self, bits: Tensor, *, causal: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-        """Next-bit logits (B, L, 2) for bits (B, L) of 0/1, and a telemetry dict, exactly as
-        ``BitTransformerLM.forward``: ``logits[:, t]`` predicts bit t from ``bits[:, :t]``."""
-        if not causal:
+    def forward(
+        self, bits: Tensor, *, causal: bool | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits (B, L, 2) for bits (B, L), and a telemetry dict, exactly as
+        ``BitTransformerLM.forward``: in causal mode ``logits[:, t]`` predicts bit t from
+        ``bits[:, :t]``; in diffusion mode from the whole sequence, which may hold MASK symbols.
+        Each model runs in the mode it was built for (the other has no head here)."""
+        mode = self.config.mode
+        if causal is not None and causal != (mode == "causal"):
             raise BitLMError(
-                "model.trunk=hierarchical predicts bits causally only; bidirectional (diffusion) "
-                "denoising needs model.trunk=flat"
+                f"this model.trunk=hierarchical model was built with model.mode={mode} and "
+                f"predicts {'causally' if mode == 'causal' else 'bidirectionally'} only"
             )
         B = bits.size(0)
         frames = bits.long().view(B, -1, FRAME_BITS)  # (B, n, 9)
+        if mode == "diffusion":
+            logits = self.frame_contexts(frames, causal=False)  # (B, n, 18)
+            return logits.view(B, -1, 2), self.trunk_telemetry()
         contexts = self.frame_contexts(shift_right(frames))  # (B, n, context_size)
         data = frames[..., :DATA_BITS]  # (B, n, 8)
         symbols = shift_right(data.flatten(0, 1))  # (B·n, 8): [MASK, b_0 … b_6]
@@ -143,16 +159,21 @@ class HierarchicalBitLM(TransformerLM):
         return logits.flatten(1, 2), self.trunk_telemetry()  # (B, 9n, 2)
 
     def frame_contexts(
-        self, frames: Tensor, start: int = 0, caches: list[KVCache] | None = None
+        self,
+        frames: Tensor,
+        start: int = 0,
+        caches: list[KVCache] | None = None,
+        causal: bool = True,
     ) -> Tensor:
-        """What the global trunk tells the in-frame decoder, (B, T, context_size), for input
-        frames (B, T, 9) of symbols at frame positions start … start+T-1; output t conditions
-        the frame after input t."""
+        """The global head's output (B, T, head width) for input frames (B, T, 9) of symbols at
+        frame positions start … start+T-1. Causal: what the trunk tells the in-frame decoder,
+        output t conditioning the frame after input t; bidirectional: the logits of each
+        frame's own 9 bits."""
         T = frames.size(1)
         if start + T > self.config.max_bytes:
             raise ValueError(f"{start + T} frames exceed the context of {self.config.max_bytes}")
         x = self.frame_embedding(frames + self.symbol_offsets).sum(-2)  # (B, T, d_model)
-        return self._trunk_and_head(x, start, causal=True, caches=caches)
+        return self._trunk_and_head(x, start, causal=causal, caches=caches)
 
 
 def parity_logits(data: Tensor) -> Tensor:

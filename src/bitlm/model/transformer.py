@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from bitlm.bits import FRAME_BITS
+from bitlm.errors import BitLMError
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack, ReversibleStack
 from bitlm.model.config import ModelConfig
@@ -73,6 +74,11 @@ class TransformerLM(nn.Module):
         """``(training loss, CE in bits of each byte (B, n))`` of the causal model on ``bits``:
         bit cross-entropy over the next-bit logits (B, L, 2) that both bit trunks return (the
         byte baseline scores its 256-way logits instead)."""
+        if self.config.mode != "causal":
+            raise BitLMError(
+                "a model.mode=diffusion model gives no next-bit likelihood to score; "
+                "bitlm.diffusion.elbo_bits bounds its bits per byte instead"
+            )
         logits, _ = self(bits)
         return bit_cross_entropy(logits, bits, include_parity)
 
@@ -92,15 +98,19 @@ class BitTransformerLM(TransformerLM):
         self.frame_embedding = nn.Embedding(FRAME_BITS, config.d_model)
         self._build_trunk_and_head(config, n_outputs=2)
 
-    def forward(self, bits: Tensor, *, causal: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-        """Next-bit logits (B, L, 2) for bits (B, L) of 0/1, and a telemetry dict.
+    def forward(
+        self, bits: Tensor, *, causal: bool | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits (B, L, 2) for bits (B, L), and a telemetry dict.
 
-        Causal: ``logits[:, t]`` predicts ``bits[:, t]`` from ``bits[:, :t]`` (the input is
-        shifted right behind a START symbol, so every bit of the window, the first included, is
-        predicted). Bidirectional (``causal=False``): ``bits`` may hold MASK symbols and
-        ``logits[:, t]`` predicts the clean bit t from the whole sequence.
+        Causal (the default of ``mode=causal``): ``logits[:, t]`` predicts ``bits[:, t]`` from
+        ``bits[:, :t]`` (the input is shifted right behind a START symbol, so every bit of the
+        window, the first included, is predicted). Bidirectional (``causal=False``, the default
+        of ``mode=diffusion``): ``bits`` may hold MASK symbols and ``logits[:, t]`` predicts the
+        clean bit t from the whole sequence.
         Telemetry: the trunk's halting record when ``use_act`` (``trunk_telemetry``).
         """
+        causal = self.config.mode == "causal" if causal is None else causal
         symbols = shift_right(bits) if causal else bits
         return self.predict(symbols.long(), causal=causal), self.trunk_telemetry()
 

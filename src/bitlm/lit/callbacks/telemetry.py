@@ -12,8 +12,8 @@ from torch import Tensor
 from torch.utils.tensorboard.summary import hparams
 
 from bitlm.bits import bits_to_text
-from bitlm.model.generate import generate_bits
 from bitlm.model.transformer import capture_internals, evaluating
+from bitlm.sampling import sample
 from bitlm.telemetry.metrics import activation_stats, attention_entropy, lz76_complexity, negentropy
 
 MONITORED = "val/bpb"
@@ -90,7 +90,7 @@ class TelemetryMonitor(L.Callback):
         if not getattr(pl_module, "bit_model", False):
             return
         generator = torch.Generator(pl_module.device).manual_seed(trainer.global_step)
-        bits = generate_bits(pl_module.model, b"", self.sample_bytes, generator=generator)
+        bits = sample(pl_module.model, b"", self.sample_bytes, generator=generator).bits
         step = trainer.global_step
         scalars = {
             "telemetry/K_sample": negentropy(bits[None]).item(),

@@ -1,0 +1,433 @@
+"""Diffusion mode: schedules, corruption, the bound, the sampler, the curriculum, the commands."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from bitlm.bits import DATA_BITS, FRAME_BITS, bytes_to_bits, decode_bits
+from bitlm.diffusion import (
+    SCHEDULES,
+    corrupt,
+    corruption_rate,
+    denoise,
+    diffusion_generate,
+    elbo_bits,
+    mask_exactly,
+    repair_parity,
+)
+from bitlm.errors import BitLMError
+from bitlm.hub import save_pretrained
+from bitlm.lit.callbacks.diffusion_curriculum import DiffusionCurriculum
+from bitlm.lit.datamodule import BitDataModule
+from bitlm.lit.module import BitLMModule
+from bitlm.model import ModelConfig, build_model
+from bitlm.model.config import NOISE_SCHEDULES
+from bitlm.model.transformer import MASK
+from bitlm.safety import safe_sample_with_retry
+from bitlm.sampling import sample
+from tests.conftest import ENGLISH, TINY_TRAIN, quiet_trainer
+
+TINY = dict(d_model=32, n_heads=2, n_layers=2, max_seq_len=288)
+TRUNKS = ["flat", "hierarchical"]
+
+
+def diffusion_model(trunk: str = "hierarchical", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(trunk=trunk, mode="diffusion", **{**TINY, **overrides}))
+
+
+# --- schedules and corruption --------------------------------------------------------------
+
+
+def test_schedule_names_match_the_config_choices():
+    assert tuple(SCHEDULES) == NOISE_SCHEDULES
+
+
+@pytest.mark.parametrize("schedule", NOISE_SCHEDULES)
+def test_schedules_are_monotone_bounded_and_run_from_clean_to_fully_masked(schedule):
+    t = torch.linspace(0, 1, 1001)
+    rate = corruption_rate(schedule, t)
+    assert rate[0] == 0 and rate[-1] == pytest.approx(1.0, abs=1e-6)
+    assert (rate.diff() > 0).all()
+    assert ((rate >= 0) & (rate <= 1)).all()
+
+
+def test_schedules_have_their_documented_shapes():
+    half = {name: corruption_rate(name, 0.5).item() for name in NOISE_SCHEDULES}
+    assert half["linear"] == 0.5
+    assert half["cosine"] == pytest.approx(1 - math.cos(math.pi / 4))  # slow start: 0.29
+    assert half["exp"] == pytest.approx((1 - math.exp(-2.5)) / (1 - math.exp(-5)))  # 0.92
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(BitLMError, match="noise schedule must be one of"):
+        corruption_rate("sqrt", 0.5)
+    with pytest.raises(BitLMError, match=r"model\.noise_schedule"):
+        ModelConfig(mode="diffusion", noise_schedule="sqrt")
+
+
+@pytest.mark.parametrize("schedule", NOISE_SCHEDULES)
+@pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
+def test_empirical_corruption_rate_matches_the_schedule(schedule, t):
+    bits = torch.randint(0, 2, (64, 900), generator=torch.Generator().manual_seed(1))
+    rate = corruption_rate(schedule, torch.full((64,), t))
+    noisy, masked = corrupt(bits, rate, torch.Generator().manual_seed(2))
+    expected = rate[0].item()
+    sigma = math.sqrt(expected * (1 - expected) / masked.numel())
+    assert abs(masked.float().mean().item() - expected) < 5 * sigma + 1e-9
+    assert (noisy[masked] == MASK).all()
+    assert torch.equal(noisy[~masked], bits[~masked].long())
+
+
+def test_mask_exactly_masks_the_requested_count_per_row():
+    counts = torch.tensor([0, 1, 17, 90])
+    masked = mask_exactly(torch.Size((4, 90)), counts, torch.Generator().manual_seed(0))
+    assert masked.sum(1).tolist() == [0, 1, 17, 90]
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_diffusion_predictions_depend_on_later_bits(trunk):
+    model = diffusion_model(trunk).eval()
+    bits = bytes_to_bits(b"hello world, bit by bit!").long()[None]
+    changed = bits.clone()
+    changed[0, -5] ^= 1  # a bit in the last frame
+    first, _ = model(bits)
+    second, _ = model(changed)
+    assert first.shape == (1, bits.size(1), 2)
+    assert not torch.allclose(first[0, :9], second[0, :9])  # the first frame sees it
+
+
+def test_hierarchical_models_run_only_in_the_mode_they_were_built_for():
+    with pytest.raises(BitLMError, match=r"model\.mode=diffusion and predicts bidirectionally"):
+        diffusion_model("hierarchical")(torch.zeros(1, 18, dtype=torch.long), causal=True)
+    causal = build_model(ModelConfig(trunk="hierarchical", **TINY))
+    with pytest.raises(BitLMError, match=r"model\.mode=causal and predicts causally"):
+        causal(torch.zeros(1, 18, dtype=torch.long), causal=False)
+
+
+def test_a_diffusion_model_has_no_causal_score_and_the_byte_baseline_no_diffusion():
+    with pytest.raises(BitLMError, match="elbo_bits bounds"):
+        diffusion_model("flat").score(torch.zeros(1, 18, dtype=torch.long))
+    with pytest.raises(BitLMError, match=r"model\.mode=diffusion is for bit models"):
+        ModelConfig(unit="byte", mode="diffusion")
+
+
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_the_bound_of_a_model_that_knows_nothing_is_one_bit_per_bit(trunk):
+    model = diffusion_model(trunk)
+    torch.nn.init.zeros_(model.head.weight)  # logits 0: p = 1/2 for every bit
+    bits = bytes_to_bits(ENGLISH.encode()[:64]).view(2, -1)
+    bound = elbo_bits(model, bits, torch.Generator().manual_seed(0))
+    assert bound.tolist() == pytest.approx([bits.size(1)] * 2, rel=1e-5)
+
+
+# --- sampler ------------------------------------------------------------------------------
+
+
+def test_parity_repair_flips_the_least_confident_bit_of_odd_frames():
+    bits = torch.tensor([[1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]])
+    confidence = torch.full((1, 18), 0.9)
+    confidence[0, 3] = 0.6  # the weakest bit of the odd first frame
+    repaired, n = repair_parity(bits, confidence)
+    assert n == 1
+    assert repaired[0, :9].tolist() == [1, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert torch.equal(repaired[0, 9:], bits[0, 9:])  # the even frame is untouched
+
+
+@pytest.mark.parametrize("trunk", TRUNKS)
+@pytest.mark.parametrize("remask", [False, True])
+def test_infilling_keeps_prompt_and_suffix_and_always_decodes(trunk, remask):
+    model = diffusion_model(trunk).eval()
+    given = bytes_to_bits(b"Once upon a ").long()
+    tail = bytes_to_bits(b" there was").long()
+    gap = torch.full((9 * 6,), MASK)
+    symbols = torch.cat((given, gap, tail))[None]
+    filled, repairs = denoise(model, symbols, 8, "cosine", remask=remask)
+    assert torch.equal(filled[0, : len(given)], given)
+    assert torch.equal(filled[0, -len(tail) :], tail)
+    data, errors = decode_bits(filled[0].to(torch.uint8), errors="replace")
+    assert errors == 0 and len(data) == 12 + 6 + 10
+    assert 0 <= repairs <= 6
+
+
+@pytest.mark.parametrize("steps", [1, 8, 16])
+def test_diffusion_generate_is_deterministic_for_a_seed_and_decodes(steps):
+    model = diffusion_model()
+    runs = [
+        diffusion_generate(
+            model, b"Hi", 20, steps=steps, generator=torch.Generator().manual_seed(seed)
+        )
+        for seed in (3, 3, 4)
+    ]
+    assert torch.equal(runs[0].bits, runs[1].bits)
+    assert not torch.equal(runs[0].bits, runs[2].bits)
+    assert decode_bits(runs[0].bits, errors="replace")[1] == 0
+    assert len(runs[0].bits) == 20 * FRAME_BITS
+
+
+def test_generation_longer_than_the_window_continues_window_by_window():
+    model = diffusion_model(max_seq_len=72)  # 8 bytes of context
+    out = diffusion_generate(model, b"abcdef", 30, steps=2, generator=torch.Generator())
+    assert len(out.bits) == 30 * FRAME_BITS
+    assert decode_bits(out.bits, errors="replace")[1] == 0
+
+
+def test_greedy_infilling_by_a_trained_denoiser_beats_chance_on_real_text(tmp_path):
+    model = _fit_diffusion(tmp_path, steps=120).model
+    text = ENGLISH.encode()[:32]
+    truth = bytes_to_bits(text[12:20]).view(-1, FRAME_BITS)[:, :DATA_BITS]
+    out = diffusion_generate(model, text[:12], 8, suffix=text[20:], steps=8, temperature=0)
+    filled = out.bits.view(-1, FRAME_BITS)[:, :DATA_BITS]
+    assert (filled == truth).float().mean() > 0.7
+
+
+def test_infilling_that_does_not_fit_the_window_is_refused():
+    with pytest.raises(BitLMError, match="do not fit"):
+        diffusion_generate(diffusion_model(), b"", 30, suffix=b"0123456789")
+
+
+def test_sampling_refuses_a_mode_the_model_was_not_trained_for():
+    causal = build_model(ModelConfig(**TINY))
+    with pytest.raises(BitLMError, match=r"trained with model\.mode=causal"):
+        sample(causal, b"", 4, mode="diffusion")
+    with pytest.raises(BitLMError, match="infilling"):
+        sample(causal, b"", 4, suffix=b"x")
+    with pytest.raises(BitLMError, match=r"needs a model trained with model\.mode=diffusion"):
+        diffusion_generate(causal, b"", 4)
+
+
+def test_sampling_stops_a_diffusion_sample_at_the_stop_string():
+    model = diffusion_model()
+    full = sample(model, b"", 20, generator=torch.Generator().manual_seed(0))
+    text = decode_bits(full.bits, errors="replace")[0]
+    stop = text[5:7]
+    cut = sample(model, b"", 20, stop=stop, generator=torch.Generator().manual_seed(0))
+    assert decode_bits(cut.bits, errors="replace")[0] == text[: text.find(stop)]
+
+
+def test_safe_sampling_falls_back_to_the_diffusion_model(monkeypatch):
+    causal = build_model(ModelConfig(**TINY))
+    fallback = diffusion_model()
+    verdicts = iter([False, True])
+
+    def judge(model, bits, **_):
+        assert model is causal  # every sample is judged by the primary model
+        return None, {"safe": next(verdicts)}
+
+    monkeypatch.setattr("bitlm.safety.hil_safe_inference", judge)
+    result = safe_sample_with_retry(
+        causal, b"ab", 6, fallback=fallback, diffusion_steps=4, sleep=lambda s: None
+    )
+    assert result["attempts"] == 2 and result["mode"] == "diffusion"
+    assert len(result["bits"]) == 6 * FRAME_BITS
+    with pytest.raises(BitLMError, match=r"fallback model must be a model\.mode=diffusion"):
+        safe_sample_with_retry(causal, b"", 4, fallback=causal)
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+def _fit_diffusion(tmp_path, steps: int) -> BitLMModule:
+    L.seed_everything(0)
+    module = BitLMModule(ModelConfig(mode="diffusion", **TINY), lr=3e-3, warmup_steps=5)
+    datamodule = BitDataModule(seq_len=288, batch_size=8, cache_dir=str(tmp_path))
+    quiet_trainer(max_steps=steps, limit_val_batches=0).fit(module, datamodule=datamodule)
+    return module
+
+
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_tiny_diffusion_training_lowers_the_denoising_loss_and_the_bound(tmp_path, trunk):
+    L.seed_everything(0)
+    config = ModelConfig(mode="diffusion", trunk=trunk, **TINY)
+    module = BitLMModule(config, lr=3e-3, warmup_steps=5)
+    datamodule = BitDataModule(seq_len=288, batch_size=8, cache_dir=str(tmp_path))
+    trainer = quiet_trainer(max_steps=80, limit_val_batches=4)
+    before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    trainer.fit(module, datamodule=datamodule)
+    after = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    assert before["val/bpb"] > 8.5  # ~9 bits per 9-bit frame for a model that knows nothing
+    assert after["val/loss"] < before["val/loss"] - 0.1, (before, after)
+    assert after["val/bpb"] < before["val/bpb"] - 1.0, (before, after)
+    assert after["val/bit_acc"] > 0.6
+
+
+# --- curriculum ---------------------------------------------------------------------------
+
+
+def test_curriculum_values_at_known_steps():
+    linear = DiffusionCurriculum(start=1.0, end=0.2, steps=100)
+    assert [linear.noise_level(s) for s in (0, 50, 100, 200)] == pytest.approx([1, 0.6, 0.2, 0.2])
+    cosine = DiffusionCurriculum(start=1.0, end=0.2, shape="cosine", steps=100)
+    assert [cosine.noise_level(s) for s in (0, 25, 50, 100)] == pytest.approx(
+        [1, 1 - 0.8 * (1 - math.cos(math.pi / 4)) / 2, 0.6, 0.2]
+    )
+
+
+def test_curriculum_state_round_trips():
+    source = DiffusionCurriculum(start=0.9, end=0.3, shape="cosine", steps=77)
+    target = DiffusionCurriculum()
+    target.load_state_dict(source.state_dict())
+    assert target.state_dict() == source.state_dict()
+    assert target.noise_level(40) == source.noise_level(40)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(end=0.0), "start and end"),
+        (dict(shape="exp"), "shape must be one of"),
+        (dict(steps=0), "positive integer"),
+    ],
+)
+def test_curriculum_refuses_bad_settings(kwargs, message):
+    with pytest.raises(BitLMError, match=message):
+        DiffusionCurriculum(**kwargs)
+
+
+class _RecordNoise(L.Callback):
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.levels: dict[int, float] = {}
+        self.stop_at = stop_at
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.levels[trainer.global_step] = pl_module.noise_level
+        if trainer.global_step == self.stop_at:
+            trainer.should_stop = True
+
+
+def test_curriculum_resumes_exactly_from_a_checkpoint(tmp_path):
+    def run(record, ckpt_path=None, max_steps=12):
+        L.seed_everything(0)
+        module = BitLMModule(ModelConfig(mode="diffusion", **TINY), warmup_steps=2)
+        datamodule = BitDataModule(seq_len=288, batch_size=4, cache_dir=str(tmp_path))
+        trainer = quiet_trainer(
+            max_steps=max_steps,
+            limit_val_batches=0,
+            callbacks=[DiffusionCurriculum(end=0.1), record],
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        return trainer
+
+    whole = _RecordNoise()
+    run(whole)
+    interrupted = run(_RecordNoise(stop_at=5))
+    interrupted.save_checkpoint(tmp_path / "mid.ckpt")
+    resumed = _RecordNoise()
+    run(resumed, tmp_path / "mid.ckpt", max_steps=12)
+    assert resumed.levels == {s: whole.levels[s] for s in range(6, 13)}
+    # steps were resolved from the first run's max_steps and restored, not re-read
+    later = _RecordNoise()
+    run(later, tmp_path / "mid.ckpt", max_steps=8)
+    assert later.levels == {s: whole.levels[s] for s in range(6, 9)}
+
+
+def test_curriculum_refuses_a_causal_model(tmp_path):
+    module = BitLMModule(ModelConfig(**TINY))
+    datamodule = BitDataModule(seq_len=288, batch_size=4, cache_dir=str(tmp_path))
+    trainer = quiet_trainer(max_steps=1, callbacks=[DiffusionCurriculum()])
+    with pytest.raises(BitLMError, match=r"model\.mode=diffusion"):
+        trainer.fit(module, datamodule=datamodule)
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(run_cli, tmp_path_factory):
+    root = tmp_path_factory.mktemp("diffusion")
+    run_dir = root / "run"
+    result = run_cli(
+        "train", "experiment=diffusion", *TINY_TRAIN, f"hydra.run.dir={run_dir}", cwd=root
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_train_diffusion_experiment_logs_the_bound_and_the_curriculum(diffusion_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, result = diffusion_run
+    assert 0 < result.json["val_bpb"] < 9.5
+    tags = set()
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/bit_acc", "train/noise_level", "val/bpb", "val/bit_acc"} <= tags
+
+
+def test_generate_diffusion_infills_between_prompt_and_suffix(diffusion_run, run_cli, tmp_path):
+    run_dir, _ = diffusion_run
+    args = (
+        f"ckpt_path={run_dir / 'model'}",
+        "mode=diffusion",
+        "diffusion_steps=16",
+        "prompt=It was a ",
+        "suffix= cold day",
+        "max_new_bytes=6",
+    )
+    first = run_cli("generate", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = first.json
+    assert out["mode"] == "diffusion" and out["bytes"] == 6 and out["parity_errors"] == 0
+    assert 0 <= out["parity_repairs"] <= 6
+    assert run_cli("generate", *args, cwd=tmp_path).json == out  # seeded: deterministic
+
+
+def test_eval_of_a_diffusion_model_reports_the_bound_and_denoising(
+    diffusion_run, run_cli, english_file
+):
+    run_dir, _ = diffusion_run
+    result = run_cli(
+        "eval",
+        f"ckpt_path={run_dir / 'model'}",
+        f"files=[{english_file}]",
+        "noise_levels=[0.25,1.0]",
+        cwd=english_file.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.json
+    assert out["bpb_is_upper_bound"] is True
+    assert 0 < out["bpb"] < 9.5
+    assert set(out["denoising"]) == {"0.25", "1"}
+    for level in out["denoising"].values():
+        assert 0.5 < level["bit_accuracy"] <= 1 and level["loss"] > 0
+
+
+def test_generate_refuses_diffusion_mode_for_a_causal_model(trained_run, run_cli, tmp_path):
+    from tests.test_cli import assert_user_error
+
+    run_dir, _ = trained_run
+    model = f"ckpt_path={run_dir / 'model'}"
+    refused = run_cli("generate", model, "mode=diffusion", cwd=tmp_path)
+    assert_user_error(refused, "trained with model.mode=causal", "experiment=diffusion")
+    refused = run_cli("generate", model, "suffix=abc", cwd=tmp_path)
+    assert_user_error(refused, "infilling")
+
+
+def test_eval_refuses_bad_noise_levels(tmp_path, run_cli):
+    from tests.test_cli import assert_user_error
+
+    folder = tmp_path / "model"
+    save_pretrained(diffusion_model(), folder)
+    (tmp_path / "a.txt").write_text(ENGLISH)
+    refused = run_cli(
+        "eval", f"ckpt_path={folder}", "files=[a.txt]", "noise_levels=[0,0.5]", cwd=tmp_path
+    )
+    assert_user_error(refused, "noise_levels must be numbers in (0, 1]")
+
+
+def test_data_bits_only_count_in_denoising_accuracy():
+    from bitlm.diffusion import data_bit_mask
+
+    masked = torch.ones(1, 18, dtype=torch.bool)
+    data = data_bit_mask(masked)
+    assert data.sum() == 2 * DATA_BITS
+    assert not data[0, 8] and not data[0, 17]

@@ -431,3 +431,17 @@ def test_data_bits_only_count_in_denoising_accuracy():
     data = data_bit_mask(masked)
     assert data.sum() == 2 * DATA_BITS
     assert not data[0, 8] and not data[0, 17]
+
+
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_frame_predictions_never_see_the_frame_they_predict(trunk):
+    from bitlm.diffusion import frame_predictions
+
+    model = diffusion_model(trunk).eval()
+    bits = bytes_to_bits(b"abcdefgh").long()[None]
+    changed = bits.clone()
+    changed[0, 9 * 3 : 9 * 4] ^= 1  # rewrite frame 3 entirely
+    before, after = frame_predictions(model, bits), frame_predictions(model, changed)
+    frame = slice(9 * 3, 9 * 4)
+    torch.testing.assert_close(before[0, frame], after[0, frame])
+    assert not torch.allclose(before[0, 9 * 2 : 9 * 3], after[0, 9 * 2 : 9 * 3])

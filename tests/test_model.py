@@ -169,7 +169,7 @@ def test_hierarchical_trunk_runs_once_per_byte_and_computes_parity():
     # parity CE is 0: over 9 positions the mean is 8/9 of the data-bit mean; bpb is unchanged
     assert loss_all.item() == pytest.approx(loss_data.item() * 8 / 9, rel=1e-6)
     torch.testing.assert_close(byte_bits, byte_bits_all)
-    with pytest.raises(BitLMError, match=r"model\.trunk=flat"):
+    with pytest.raises(BitLMError, match=r"model\.mode=causal and predicts causally"):
         model(bits, causal=False)
 
 

@@ -160,6 +160,21 @@ def elbo_bits(
     return ce * L / counts.to(ce.device)
 
 
+def frame_predictions(model: TransformerLM, bits: Tensor) -> Tensor:
+    """Logits (B, L, 2) of every bit of bits (B, L) predicted from the rest of the sequence with
+    its own frame masked, in two passes (even frames masked, then odd ones). On clean input a
+    diffusion model sees each bit it predicts; this is what its telemetry and safety judge read
+    instead."""
+    frames = bits.long().view(bits.size(0), -1, FRAME_BITS)
+    odd = (torch.arange(frames.size(1), device=bits.device) % 2 == 1)[None, :, None]
+    logits = []
+    for hidden in (~odd, odd):
+        masked = hidden.expand_as(frames)
+        out, _ = model(frames.masked_fill(masked, MASK).flatten(1), causal=False)
+        logits.append(out.view(*frames.shape, 2))
+    return torch.where(odd[..., None], logits[1], logits[0]).flatten(1, 2)
+
+
 class Sample(NamedTuple):
     """A sampled continuation: bits (9n,) uint8 that always decode, and how many frames the
     parity repair had to change (always 0 for causal sampling, which computes parity bits)."""

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from bitlm.bits import bits_to_text, frame_values
+from bitlm.diffusion import frame_predictions
 from bitlm.errors import BitLMError
 from bitlm.model import BitModel
 from bitlm.model.transformer import evaluating
@@ -93,12 +94,16 @@ def judge(
     """``(logits, telemetry)`` of a bit model on bits (B, 9n): the batch means the training
     module logs (``telemetry_of``: the predictions' K, C, S and the bits' ``K_data``,
     ``C_data``) and the bits' exact LZ76 (``C_lz76``). The reference defaults to the bits' own
-    per-position marginals."""
+    per-position marginals. A diffusion model's predictions are its ``frame_predictions``
+    (each frame masked in turn), not its view of the clean bits, which would copy them."""
     if reference is None:
         values = torch.bincount(frame_values(bits).flatten().long(), minlength=256)
         reference = marginal_reference(values)
     with evaluating(model), torch.no_grad():
-        logits, _ = model(bits)
+        if model.config.mode == "diffusion":
+            logits = frame_predictions(model, bits)
+        else:
+            logits, _ = model(bits)
     telemetry = {k: v.item() for k, v in telemetry_of(logits, bits, reference).items()}
     telemetry["C_lz76"] = lz76_complexity(bits).mean().item()
     return logits, telemetry

@@ -74,3 +74,14 @@ def test_safety_callbacks_extend_the_defaults(tmp_path):
     cfg = _compose("train", "callbacks=safety", f"paths.output_dir={tmp_path}")
     assert set(_compose("train").callbacks) | {"safety_gate"} == set(cfg.callbacks)
     assert cfg.callbacks.safety_gate.action == "warn"
+
+
+def test_diffusion_experiment_switches_mode_and_adds_the_curriculum(tmp_path):
+    cfg = _compose("train", "experiment=diffusion", f"paths.output_dir={tmp_path}")
+    quickstart = _compose("train", f"paths.output_dir={tmp_path}")
+    assert cfg.model.mode == "diffusion" and quickstart.model.mode == "causal"
+    assert set(quickstart.callbacks) | {"diffusion_curriculum"} == set(cfg.callbacks)
+    assert cfg.trainer.max_steps == quickstart.trainer.max_steps
+    assert instantiate(cfg.model).mode == "diffusion"
+    flat = _compose("train", "experiment=diffusion", "model.trunk=flat", "model=tiny")
+    assert flat.model.trunk == "flat" and flat.model.mode == "diffusion"

@@ -172,6 +172,29 @@ def test_diffusion_generate_is_deterministic_for_a_seed_and_decodes(steps):
     assert len(runs[0].bits) == 20 * FRAME_BITS
 
 
+def test_choice_temperature_randomises_the_order_bits_are_filled_in():
+    """Greedy draws: with pure confidence order (τ = 0) the seed cannot matter; with Gumbel noise
+    on the confidence the order, and so what later bits are conditioned on, changes with it."""
+    model = diffusion_model()
+
+    def greedy(choice_temperature, seed):
+        generator = torch.Generator().manual_seed(seed)
+        return diffusion_generate(
+            model,
+            b"",
+            24,
+            steps=8,
+            temperature=0,
+            choice_temperature=choice_temperature,
+            generator=generator,
+        ).bits
+
+    assert all(torch.equal(greedy(0.0, 0), greedy(0.0, seed)) for seed in (1, 2, 3))
+    assert not all(torch.equal(greedy(100.0, 0), greedy(100.0, seed)) for seed in (1, 2, 3))
+    with pytest.raises(BitLMError, match="choice_temperature"):
+        greedy(-1.0, 0)
+
+
 def test_generation_longer_than_the_window_continues_window_by_window():
     model = diffusion_model(max_seq_len=72)  # 8 bytes of context
     out = diffusion_generate(model, b"abcdef", 30, steps=2, generator=torch.Generator())

@@ -31,8 +31,13 @@ one-bit-per-step sampler; the ``diffusion_steps``-step sampler below is an appro
 
 **Sampling** (``diffusion_generate``): the positions to fill start masked; at step k = S … 1 the
 model predicts every position, a bit is drawn for each masked one, and the drawn bits the model
-is most confident of are kept so that γ((k−1)/S) of the positions stay masked (MaskGIT). With
-``remask`` already-filled bits compete too: one the model now finds unlikely can be masked again.
+is most confident of are kept so that γ((k−1)/S) of the positions stay masked (MaskGIT). The
+confidence is randomised: a drawn bit's score is log p + τ·(k/S)·g with g standard Gumbel noise and
+τ = ``choice_temperature`` (MaskGIT's annealed choice temperature). Pure confidence (τ = 0) lets the
+likeliest bits go first, which for bytes means runs of spaces: every trained model we measured
+(``experiments/diffusion``) collapsed into 64 spaces or dashes on some seeds; τ = 1 keeps the
+samples varied, and τ → ∞ is the random order of the bound above. With ``remask``
+already-filled bits compete too: one the model now finds unlikely can be masked again.
 Last, ``repair_parity`` makes every frame decode: in a frame of odd parity it flips the bit drawn
 with the lowest probability, which gives the most probable even-parity frame under the drawn
 bits' probabilities among single flips.
@@ -202,6 +207,7 @@ def denoise(
     schedule: str,
     temperature: float = 1.0,
     remask: bool = False,
+    choice_temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, int]:
     """Fill the MASK positions of symbols (B, L) in ``steps`` model passes (module docstring);
@@ -223,7 +229,12 @@ def denoise(
         p_current = torch.where(x == 1, p_one, 1 - p_one)
         still_masked = (corruption_rate(schedule, (k - 1) / steps) * n_free).floor().long()
         # lowest score = stays (or becomes) masked; fixed bits never compete
-        score = torch.where(masked, p_draw, p_current if remask else torch.ones_like(p_draw) * 2)
+        score = torch.where(masked, p_draw, p_current if remask else torch.ones_like(p_draw))
+        score = score.clamp_min(1e-12).log()
+        if choice_temperature > 0:
+            score = score + choice_temperature * k / steps * _gumbel(x.shape, generator, x.device)
+        if not remask:
+            score = score.masked_fill(~masked, math.inf)
         score = score.masked_fill(~free, math.inf)
         ranks = score.argsort(dim=1, stable=True).argsort(dim=1)
         now_masked = free & (ranks < still_masked.to(x.device)[:, None])
@@ -232,6 +243,12 @@ def denoise(
         confidence = torch.where(revealed, p_draw, confidence)
         masked = now_masked
     return repair_parity(x, confidence)
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Standard Gumbel noise −log(−log U)."""
+    u = torch.rand(shape, generator=generator, device=device).clamp(1e-12, 1 - 1e-7)
+    return -(-u.log()).log()
 
 
 def _bit_probability(logits: Tensor, temperature: float) -> Tensor:
@@ -252,6 +269,7 @@ def diffusion_generate(
     schedule: str | None = None,
     temperature: float = 1.0,
     remask: bool = False,
+    choice_temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Sample:
     """Sample ``max_new_bytes`` bytes after ``prompt`` (and before ``suffix``: infilling) with a
@@ -270,6 +288,8 @@ def diffusion_generate(
         )
     if steps < 1:
         raise BitLMError(f"diffusion_steps must be a positive integer, got {steps}")
+    if not choice_temperature >= 0:
+        raise BitLMError(f"choice_temperature must be >= 0, got {choice_temperature}")
     window = config.max_bytes
     if suffix and max_new_bytes + len(suffix) > window:
         raise BitLMError(
@@ -287,7 +307,9 @@ def diffusion_generate(
             context = text[len(text) - keep * FRAME_BITS :].long()
             gap = torch.full((block * FRAME_BITS,), MASK, device=device, dtype=torch.long)
             symbols = torch.cat((context, gap, tail))[None]
-            filled, n = denoise(model, symbols, steps, schedule, temperature, remask, generator)
+            filled, n = denoise(
+                model, symbols, steps, schedule, temperature, remask, choice_temperature, generator
+            )
             new = filled[0, len(context) : len(context) + len(gap)].to(torch.uint8)
             frames.append(new)
             text, repairs, remaining = torch.cat((text, new)), repairs + n, remaining - block

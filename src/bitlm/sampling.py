@@ -32,11 +32,13 @@ def sample(
     diffusion_steps: int = 16,
     schedule: str | None = None,
     remask: bool = False,
+    choice_temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Sample:
     """Up to ``max_new_bytes`` new bytes after ``prompt`` (and before ``suffix``, diffusion
     only); ``mode`` defaults to the model's own. Causal options: ``top_p``, ``kv_cache``;
-    diffusion options: ``diffusion_steps``, ``schedule``, ``remask``. Both stop early at
+    diffusion options: ``diffusion_steps``, ``schedule``, ``remask``,
+    ``choice_temperature``. Both stop early at
     ``stop`` (for diffusion: the bytes from its first occurrence on are dropped)."""
     mode = mode or model.config.mode
     if mode not in MODES:
@@ -72,6 +74,7 @@ def sample(
         schedule=schedule,
         temperature=temperature,
         remask=remask,
+        choice_temperature=choice_temperature,
         generator=generator,
     )
     return Sample(_cut_at(result.bits, stop), result.parity_repairs)

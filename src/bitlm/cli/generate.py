@@ -35,6 +35,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         "diffusion_steps": cfg.diffusion_steps,
         "schedule": cfg.schedule,
         "remask": cfg.remask,
+        "choice_temperature": cfg.choice_temperature,
     }
     prompt = (cfg.prompt or "").encode()
     report: dict[str, Any] = {"mode": mode}

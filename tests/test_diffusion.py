@@ -104,10 +104,11 @@ def test_diffusion_predictions_depend_on_later_bits(trunk):
     assert not torch.allclose(first[0, :9], second[0, :9])  # the first frame sees it
 
 
-def test_hierarchical_models_run_only_in_the_mode_they_were_built_for():
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_models_run_only_in_the_mode_they_were_built_for(trunk):
     with pytest.raises(BitLMError, match=r"model\.mode=diffusion and predicts bidirectionally"):
-        diffusion_model("hierarchical")(torch.zeros(1, 18, dtype=torch.long), causal=True)
-    causal = build_model(ModelConfig(trunk="hierarchical", **TINY))
+        diffusion_model(trunk)(torch.zeros(1, 18, dtype=torch.long), causal=True)
+    causal = build_model(ModelConfig(trunk=trunk, **TINY))
     with pytest.raises(BitLMError, match=r"model\.mode=causal and predicts causally"):
         causal(torch.zeros(1, 18, dtype=torch.long), causal=False)
 
@@ -246,12 +247,26 @@ def test_safe_sampling_falls_back_to_the_diffusion_model(monkeypatch):
 
     monkeypatch.setattr("bitlm.safety.hil_safe_inference", judge)
     result = safe_sample_with_retry(
-        causal, b"ab", 6, fallback=fallback, diffusion_steps=4, sleep=lambda s: None
-    )
+        causal, b"ab", 6, fallback=fallback, diffusion_steps=4, top_p=0.9, sleep=lambda s: None
+    )  # top_p is a causal option: the causal attempt takes it, the fallback does not
     assert result["attempts"] == 2 and result["mode"] == "diffusion"
     assert len(result["bits"]) == 6 * FRAME_BITS
     with pytest.raises(BitLMError, match=r"fallback model must be a model\.mode=diffusion"):
         safe_sample_with_retry(causal, b"", 4, fallback=causal)
+    with pytest.raises(BitLMError, match="cannot sample in mode=diffusion"):
+        safe_sample_with_retry(causal, b"", 4, mode="diffusion")
+
+
+def test_diffusion_telemetry_reads_frame_predictions_and_kcs_losses_are_refused():
+    module = BitLMModule(ModelConfig(mode="diffusion", **TINY))
+    bits = bytes_to_bits(ENGLISH.encode()[:64]).view(2, -1)
+    changed = bits.clone()
+    changed[0, :FRAME_BITS] ^= 1  # a frame's own bits do not move its telemetry predictions
+    first, second = module._telemetry_logits(bits), module._telemetry_logits(changed)
+    assert torch.allclose(first[0, :FRAME_BITS], second[0, :FRAME_BITS])
+    assert not torch.allclose(first[0, FRAME_BITS:], second[0, FRAME_BITS:])
+    with pytest.raises(BitLMError, match="trained on masked bits only"):
+        BitLMModule(ModelConfig(mode="diffusion", **TINY), lambda_S=0.1)
 
 
 # --- training -----------------------------------------------------------------------------

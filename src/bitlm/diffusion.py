@@ -166,10 +166,10 @@ def elbo_bits(
 
 
 def frame_predictions(model: TransformerLM, bits: Tensor) -> Tensor:
-    """Logits (B, L, 2) of every bit of bits (B, L) predicted from the rest of the sequence with
-    its own frame masked, in two passes (even frames masked, then odd ones). On clean input a
-    diffusion model sees each bit it predicts; this is what its telemetry and safety judge read
-    instead."""
+    """Logits (B, L, 2) of every bit of bits (B, L) predicted with its own frame masked, in two
+    passes: even frames masked (and predicted from the odd ones), then odd frames. On clean input
+    a diffusion model sees each bit it predicts, so its predictions say nothing; these are what
+    its telemetry (``BitLMModule``), its safety judge and a diffusion symbiosis reference read."""
     frames = bits.long().view(bits.size(0), -1, FRAME_BITS)
     odd = (torch.arange(frames.size(1), device=bits.device) % 2 == 1)[None, :, None]
     logits = []
@@ -226,10 +226,12 @@ def denoise(
         else:
             draws = torch.rand(x.shape, generator=generator, device=x.device) < p_one
         p_draw = torch.where(draws, p_one, 1 - p_one)
-        p_current = torch.where(x == 1, p_one, 1 - p_one)
         still_masked = (corruption_rate(schedule, (k - 1) / steps) * n_free).floor().long()
-        # lowest score = stays (or becomes) masked; fixed bits never compete
-        score = torch.where(masked, p_draw, p_current if remask else torch.ones_like(p_draw))
+        # lowest score = stays (or becomes) masked; given bits, and without remask filled
+        # ones, never compete
+        score = p_draw
+        if remask:
+            score = torch.where(masked, p_draw, torch.where(x == 1, p_one, 1 - p_one))
         score = score.clamp_min(1e-12).log()
         if choice_temperature > 0:
             score = score + choice_temperature * k / steps * _gumbel(x.shape, generator, x.device)

@@ -163,7 +163,8 @@ def safe_sample_with_retry(
     ``sampling`` options). Retries fall back to diffusion mode when a diffusion model
     ``fallback`` is given: it fills the whole span at once instead of extending a sample bit by
     bit, so it cannot fall into the loop a causal sampler repeats. Every sample is judged by
-    ``model``, on its last ``max_seq_len`` bits (whole frames: what the model sees).
+    ``model``, on its last ``max_seq_len`` bits (whole frames: what the model sees). The causal
+    options ``top_p`` and ``kv_cache`` apply to the causal attempts only.
     Returns ``{"text", "bits", "attempts", "mode", "parity_repairs", "telemetry"}`` of the first
     safe sample; raises ``SafetyError`` (with the last telemetry) when all ``1 + max_retries``
     attempts fail.
@@ -177,12 +178,15 @@ def safe_sample_with_retry(
     for attempt in range(max_retries + 1):
         if attempt:
             sleep(backoff_s * 2 ** (attempt - 1))
-        sampler = fallback if attempt and fallback is not None else model
+        sampler, options = model, sampling
+        if attempt and fallback is not None:  # causal-only options stay with the causal model
+            sampler = fallback
+            options = {k: v for k, v in sampling.items() if k not in ("top_p", "kv_cache")}
+            options["mode"] = "diffusion"
         generator = torch.Generator(sampler.head.weight.device).manual_seed(seed + attempt)
         heat = temperature + attempt * temperature_step
-        sampling["mode"] = sampler.config.mode
         bits, repairs = sample(
-            sampler, prompt, max_new_bytes, temperature=heat, generator=generator, **sampling
+            sampler, prompt, max_new_bytes, temperature=heat, generator=generator, **options
         )
         if not bits.numel():  # nothing emitted (an immediate stop string): nothing to judge
             telemetry = {"safe": True}
@@ -201,7 +205,7 @@ def safe_sample_with_retry(
                 "text": bits_to_text(bits),
                 "bits": bits,
                 "attempts": attempt + 1,
-                "mode": sampling["mode"],
+                "mode": sampler.config.mode,
                 "parity_repairs": repairs,
                 "telemetry": telemetry,
             }

@@ -40,15 +40,7 @@ def sample(
     diffusion options: ``diffusion_steps``, ``schedule``, ``remask``,
     ``choice_temperature``. Both stop early at
     ``stop`` (for diffusion: the bytes from its first occurrence on are dropped)."""
-    mode = mode or model.config.mode
-    if mode not in MODES:
-        raise BitLMError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode != model.config.mode:
-        raise BitLMError(
-            f"this model was trained with model.mode={model.config.mode} and cannot sample in "
-            f"mode={mode}; train one with model.mode={mode}"
-            + (" (experiment=diffusion)" if mode == "diffusion" else "")
-        )
+    mode = sampling_mode(model, mode)
     if mode == "causal":
         if suffix:
             raise BitLMError("infilling (a suffix) needs a diffusion model and mode=diffusion")
@@ -78,6 +70,21 @@ def sample(
         generator=generator,
     )
     return Sample(_cut_at(result.bits, stop), result.parity_repairs)
+
+
+def sampling_mode(model: BitModel, mode: str | None) -> str:
+    """``mode``, defaulting to the model's own; refused unless it is the model's own (a model
+    samples in the mode it was trained for only)."""
+    mode = mode or model.config.mode
+    if mode not in MODES:
+        raise BitLMError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode != model.config.mode:
+        raise BitLMError(
+            f"this model was trained with model.mode={model.config.mode} and cannot sample in "
+            f"mode={mode}; train one with model.mode={mode}"
+            + (" (experiment=diffusion)" if mode == "diffusion" else "")
+        )
+    return mode
 
 
 def _cut_at(bits: torch.Tensor, stop: bytes | None) -> torch.Tensor:

@@ -16,7 +16,8 @@ from bitlm.hub import load_model
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score every file; the total bpb weights files by their length (Σ bits / Σ bytes). A
-    diffusion model's bpb is an upper bound, reported with its denoising metrics."""
+    diffusion model's bpb is an estimate of an upper bound (one seeded random mask per window,
+    unbiased for the bound), reported with its denoising metrics."""
     if cfg.batch_size < 1:
         raise BitLMError(f"batch_size must be a positive integer, got {cfg.batch_size}")
     if cfg.stride_bytes is not None and cfg.stride_bytes < 1:
@@ -25,6 +26,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not all(isinstance(x, (int, float)) and 0 < x <= 1 for x in levels):
         raise BitLMError(f"noise_levels must be numbers in (0, 1], got {levels}")
     model = load_model(cfg.ckpt_path, pick_device(cfg.device))
+    if model.config.mode == "diffusion" and cfg.stride_bytes is not None:
+        raise BitLMError(
+            "stride_bytes sets the context overlap of causal scoring; a diffusion model is scored "
+            "on non-overlapping windows: leave stride_bytes=null"
+        )
     stride = cfg.stride_bytes and min(cfg.stride_bytes, model.config.max_bytes)
     files = resolve_paths([cfg.files] if isinstance(cfg.files, str) else list(cfg.files))
     texts = {_display_name(f): f.read_bytes() for f in files}

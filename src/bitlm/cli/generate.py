@@ -13,7 +13,7 @@ from bitlm.errors import BitLMError
 from bitlm.hub import load_model
 from bitlm.model import BitModel
 from bitlm.safety import safe_sample_with_retry
-from bitlm.sampling import sample
+from bitlm.sampling import sample, sampling_mode
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
@@ -23,9 +23,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     _check_sampling(cfg)
     device = pick_device(cfg.device)
     model = _bit_model(cfg.ckpt_path, device)
-    mode = cfg.mode or model.config.mode
-    if mode == "diffusion" and cfg.top_p != 1:
-        raise BitLMError("top_p applies to causal sampling; diffusion sampling uses temperature")
+    mode = sampling_mode(model, cfg.mode)
     options = {
         "mode": mode,
         "suffix": (cfg.suffix or "").encode(),
@@ -95,14 +93,22 @@ def _check_sampling(cfg: DictConfig) -> None:
                 f"{key}={value!r} was read as a {type(value).__name__}, not text: quote it, "
                 f"e.g. '{key}=\"{value}\"'"
             )
-    if not isinstance(cfg.max_new_bytes, int) or cfg.max_new_bytes < 0:
-        raise BitLMError(f"max_new_bytes must be a non-negative integer, got {cfg.max_new_bytes}")
+    if not _is_number(cfg.max_new_bytes, int) or cfg.max_new_bytes < 0:
+        raise BitLMError(f"max_new_bytes must be a non-negative integer, got {cfg.max_new_bytes!r}")
+    if not _is_number(cfg.diffusion_steps, int) or cfg.diffusion_steps < 1:
+        raise BitLMError(f"diffusion_steps must be a positive integer, got {cfg.diffusion_steps!r}")
+    for key in ("temperature", "top_p", "choice_temperature"):
+        if not _is_number(cfg[key], (int, float)):
+            raise BitLMError(f"{key} must be a number, got {cfg[key]!r}")
     if cfg.temperature < 0:
         raise BitLMError(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
     if not 0 < cfg.top_p <= 1:
         raise BitLMError(f"top_p must be in (0, 1], got {cfg.top_p}")
-    if not isinstance(cfg.diffusion_steps, int) or cfg.diffusion_steps < 1:
-        raise BitLMError(f"diffusion_steps must be a positive integer, got {cfg.diffusion_steps}")
+
+
+def _is_number(value: Any, kinds: type | tuple[type, ...]) -> bool:
+    """``isinstance(value, kinds)``, booleans excluded (``diffusion_steps=true`` is no count)."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 main = hydra_app("generate", generate)

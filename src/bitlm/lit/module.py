@@ -19,6 +19,7 @@ from bitlm.diffusion import (
     denoising_loss,
     denoising_stats,
     elbo_bits,
+    frame_predictions,
     sample_noise_times,
 )
 from bitlm.errors import BitLMError
@@ -59,7 +60,10 @@ class BitLMModule(L.LightningModule):
     the ``DiffusionCurriculum`` callback lowers over training. Logged: ``train/bit_acc`` and
     ``val/bit_acc`` (argmax accuracy on the masked data bits; validation at t ~ U(0, 1) with a
     fixed seed per batch) and ``val/bpb``, the any-order upper bound (``elbo_bits``) on the
-    model's bits per byte.
+    model's bits per byte. A diffusion model's telemetry reads ``frame_predictions`` (each frame
+    predicted with itself masked: on clean input it would see the bits it predicts), on the
+    first ``diffusion_telemetry_windows`` windows of each training batch (two extra forward
+    passes without gradients) and on every validation window; K/C/S losses are refused.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class BitLMModule(L.LightningModule):
         reference_model: str | None = None,
         telemetry: bool = True,
         noise_level: float = 1.0,
+        diffusion_telemetry_windows: int = 4,
     ) -> None:
         super().__init__()
         config = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model)
@@ -90,6 +95,11 @@ class BitLMModule(L.LightningModule):
         self.diffusion = config.mode == "diffusion"
         if not 0.0 < noise_level <= 1.0:
             raise BitLMError(f"module.noise_level must be in (0, 1], got {noise_level}")
+        if diffusion_telemetry_windows < 1:
+            raise BitLMError(
+                f"module.diffusion_telemetry_windows must be >= 1, got "
+                f"{diffusion_telemetry_windows}"
+            )
         self.noise_level = noise_level  # the DiffusionCurriculum callback lowers it
         _check_telemetry_options(self.kcs, config, symbiosis_reference, reference_model, telemetry)
         self.telemetry = telemetry and self.bit_model
@@ -124,8 +134,12 @@ class BitLMModule(L.LightningModule):
         else:
             loss, logits, aux = self._score(bits, "train")
         if self.telemetry:
+            seen, predictions = bits, logits
+            if self.diffusion:
+                seen = bits[: self.hparams.diffusion_telemetry_windows]
+                predictions = self._telemetry_logits(seen)
             with torch.set_grad_enabled(self.kcs.active):
-                kcs_loss, telemetry = self.kcs(logits, bits, self._reference(bits))
+                kcs_loss, telemetry = self.kcs(predictions, seen, self._reference(seen))
             if self.kcs.active:
                 loss = loss + kcs_loss
             self.log_dict({f"telemetry/{k}": v.detach() for k, v in telemetry.items()})
@@ -149,6 +163,8 @@ class BitLMModule(L.LightningModule):
         self.log("val/loss", loss, sync_dist=True)
         if self.telemetry:
             reference = self._reference(bits)
+            if self.diffusion:
+                logits = self._telemetry_logits(bits)
             self.val_telemetry["K"].update(logits)
             self.val_telemetry["C"].update(logits)
             self.val_telemetry["S"].update(logits, reference)
@@ -190,12 +206,19 @@ class BitLMModule(L.LightningModule):
             return loss + self.hparams.ponder_weight * aux["ponder_cost"]
         return loss
 
+    def _telemetry_logits(self, bits: Tensor) -> Tensor:
+        """A diffusion model's predictions for telemetry: ``frame_predictions``, no gradients."""
+        with torch.no_grad():
+            return frame_predictions(self.model, bits)
+
     def _reference(self, bits: Tensor) -> Tensor:
         """The symbiosis reference for ``bits``: per-position marginals (9,) or the reference
-        model's P(bit = 1) (B, L)."""
+        model's P(bit = 1) (B, L) (a diffusion reference model's ``frame_predictions``)."""
         if self.reference_model is None:
             return self.reference_marginal
         with torch.no_grad():
+            if self.reference_model.config.mode == "diffusion":
+                return bit_probabilities(frame_predictions(self.reference_model, bits))
             return bit_probabilities(self.reference_model(bits)[0])
 
     def train(self, mode: bool = True) -> BitLMModule:
@@ -224,6 +247,11 @@ def _check_telemetry_options(
 ) -> None:
     if kcs.active and not on:
         raise BitLMError("module.lambda_K/C/S need module.telemetry=true: set them to 0")
+    if kcs.active and config.mode == "diffusion":
+        raise BitLMError(
+            "module.lambda_K/C/S regularise next-bit predictions; a model.mode=diffusion model "
+            "is trained on masked bits only: set them to 0"
+        )
     if kcs.active and config.unit != "bit":
         raise BitLMError(
             "module.lambda_K/C/S regularise a bit model's predictions; the byte-level baseline "

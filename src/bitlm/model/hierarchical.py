@@ -36,7 +36,6 @@ import torch
 from torch import Tensor, nn
 
 from bitlm.bits import DATA_BITS, FRAME_BITS
-from bitlm.errors import BitLMError
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack
 from bitlm.model.config import ModelConfig
@@ -140,15 +139,9 @@ class HierarchicalBitLM(TransformerLM):
         ``BitTransformerLM.forward``: in causal mode ``logits[:, t]`` predicts bit t from
         ``bits[:, :t]``; in diffusion mode from the whole sequence, which may hold MASK symbols.
         Each model runs in the mode it was built for (the other has no head here)."""
-        mode = self.config.mode
-        if causal is not None and causal != (mode == "causal"):
-            raise BitLMError(
-                f"this model.trunk=hierarchical model was built with model.mode={mode} and "
-                f"predicts {'causally' if mode == 'causal' else 'bidirectionally'} only"
-            )
         B = bits.size(0)
         frames = bits.long().view(B, -1, FRAME_BITS)  # (B, n, 9)
-        if mode == "diffusion":
+        if not self._own_mode(causal):
             logits = self.frame_contexts(frames, causal=False)  # (B, n, 18)
             return logits.view(B, -1, 2), self.trunk_telemetry()
         contexts = self.frame_contexts(shift_right(frames))  # (B, n, context_size)

@@ -60,6 +60,18 @@ class TransformerLM(nn.Module):
         h = self.trunk(self.embed_dropout(x), self.rope(start, x.size(1)), causal, caches)
         return self.head(self.norm(h))
 
+    def _own_mode(self, causal: bool | None) -> bool:
+        """Whether a forward pass is causal: the model's own ``model.mode``. Asking for the other
+        mode is an error: the model was trained for one (the hierarchical one has no head for
+        the other), and its predictions in the other would be meaningless."""
+        own = self.config.mode == "causal"
+        if causal is not None and causal != own:
+            raise BitLMError(
+                f"this model was built with model.mode={self.config.mode} and predicts "
+                f"{'causally' if own else 'bidirectionally'} only"
+            )
+        return own
+
     def trunk_telemetry(self) -> dict[str, Tensor]:
         """What the trunk recorded in its last forward, handed out once (the module keeps no
         reference to it): halting (``halt_probs``, ``ponder_cost``, ``layers_run``;
@@ -103,14 +115,14 @@ class BitTransformerLM(TransformerLM):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits (B, L, 2) for bits (B, L), and a telemetry dict.
 
-        Causal (the default of ``mode=causal``): ``logits[:, t]`` predicts ``bits[:, t]`` from
-        ``bits[:, :t]`` (the input is shifted right behind a START symbol, so every bit of the
-        window, the first included, is predicted). Bidirectional (``causal=False``, the default
-        of ``mode=diffusion``): ``bits`` may hold MASK symbols and ``logits[:, t]`` predicts the
-        clean bit t from the whole sequence.
+        ``model.mode=causal``: ``logits[:, t]`` predicts ``bits[:, t]`` from ``bits[:, :t]`` (the
+        input is shifted right behind a START symbol, so every bit of the window, the first
+        included, is predicted). ``model.mode=diffusion``: ``bits`` may hold MASK symbols and
+        ``logits[:, t]`` predicts the clean bit t from the whole sequence. ``causal`` may only
+        confirm the model's mode (``_own_mode``).
         Telemetry: the trunk's halting record when ``use_act`` (``trunk_telemetry``).
         """
-        causal = self.config.mode == "causal" if causal is None else causal
+        causal = self._own_mode(causal)
         symbols = shift_right(bits) if causal else bits
         return self.predict(symbols.long(), causal=causal), self.trunk_telemetry()
 

@@ -231,3 +231,34 @@ def test_telemetry_reports_overhead_at_the_cadence_and_lz76_speed(run_cli, tmp_p
     assert lz76["per_training_step"] == pytest.approx(
         lz76["seconds"] / lz76["training_step_seconds"]
     )
+
+
+def test_rle_reports_speed_against_the_reference_and_the_size_of_text_bits(run_cli, tmp_path):
+    report = _bench(run_cli, tmp_path, "rle", "n_bytes=40000", "reference_bytes=2000")
+    assert report["results"]["bitlm"]["encode_mb_per_s"] > 0
+    assert 1.5 < report["mean_run_bits"] < 2.5  # text bits: short runs
+    assert report["compressed_over_packed_bits"] > 1  # coding text bits makes them larger
+
+
+def test_prepare_reports_speed_against_a_copy_and_its_peak_memory(run_cli, tmp_path):
+    report = _bench(run_cli, tmp_path, "prepare", "n_bytes=3000000")
+    assert report["prepare_mb_per_s"] > 0 and report["copy_mb_per_s"] > 0
+    assert report["prepare_over_copy"] == pytest.approx(
+        report["prepare_mb_per_s"] / report["copy_mb_per_s"]
+    )
+    assert 0 <= report["peak_memory_mb"] < 64  # streams: far below what a 3 MB input could need
+
+
+def test_dataloader_reports_batches_against_training_steps(run_cli, tmp_path):
+    report = _bench(
+        run_cli,
+        tmp_path,
+        "dataloader",
+        "n_bytes=2000000",
+        "loader_batches=30",
+        "steps=3",
+        "batch_size=4",
+    )
+    assert report["loader_over_training"] == pytest.approx(
+        report["loader_batches_per_s"] / report["training_steps_per_s"]
+    )

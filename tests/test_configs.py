@@ -1,5 +1,7 @@
 """Every option of every config group composes and builds."""
 
+import importlib
+import inspect
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,15 @@ def test_diffusion_experiment_switches_mode_and_adds_the_curriculum(tmp_path):
     assert instantiate(cfg.model).mode == "diffusion"
     flat = _compose("train", "experiment=diffusion", "model.trunk=flat", "model=tiny")
     assert flat.model.trunk == "flat" and flat.model.mode == "diffusion"
+
+
+@pytest.mark.parametrize(
+    "group, target",
+    [("module", "bitlm.lit.module.BitLMModule"), ("data", "bitlm.lit.datamodule.BitDataModule")],
+)
+def test_default_configs_list_every_option_of_their_class(group, target):
+    """So that every option can be overridden on the command line (`module.compress_prob=…`)."""
+    module_name, class_name = target.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    options = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    assert set(_compose("train")[group]) - {"_target_"} == options

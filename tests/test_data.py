@@ -178,10 +178,10 @@ def test_resolve_paths_nothing_given() -> None:
 
 def test_store_from_files_is_exact_concatenation(tmp_path: Path) -> None:
     _write(tmp_path / "t" / "1.txt", b"one\n")
-    _write(tmp_path / "t" / "2.txt", b"two")  # no trailing newline: one is inserted
+    _write(tmp_path / "t" / "2.txt", b"two")  # no trailing newline: one is added
     _write(tmp_path / "t" / "3.bin", bytes(range(256)))
     store = ByteStore.from_paths([str(tmp_path / "t")], cache_dir=tmp_path / "c")
-    assert bytes(store.data) == b"one\ntwo\n" + bytes(range(256))
+    assert bytes(store.data) == b"one\ntwo\n" + bytes(range(256)) + b"\n"
     assert len(store) == len(store.data)
     assert [Path(s).name for s in store.sources] == ["1.txt", "2.txt", "3.bin"]
     assert not store.data.flags.writeable
@@ -200,7 +200,7 @@ def test_store_cache_is_reused_and_rebuilt_on_change(tmp_path: Path) -> None:
     os.utime(text, ns=(built_at + 10**9, built_at + 10**9))
     third = ByteStore.from_paths([str(text)], cache_dir=cache)
     assert third.path != first.path
-    assert bytes(third.data) == b"hello, world"
+    assert bytes(third.data) == b"hello, world\n"
 
 
 def test_interrupted_cache_build_leaves_nothing(tmp_path: Path) -> None:
@@ -273,11 +273,11 @@ def test_datamodule_paths_take_precedence(tmp_path: Path) -> None:
 
 
 def test_datamodule_text_shorter_than_window(tmp_path: Path) -> None:
-    text = _write(tmp_path / "a.txt", b"short text")
+    text = _write(tmp_path / "a.txt", b"short text")  # 10 bytes + the newline that ends it
     dm = BitDataModule(corpus=None, paths=[str(text)], seq_len=1152)
     needed = min_bytes_for_split(128, 0.05, 128)  # chunks shrink to one window for short text
     assert needed == 2560
-    with pytest.raises(BitLMError, match=f"has 10 bytes.*the {needed} needed.*max_seq_len"):
+    with pytest.raises(BitLMError, match=f"has 11 bytes.*the {needed} needed.*max_seq_len"):
         dm.setup("fit")
 
 

@@ -301,9 +301,9 @@ def test_tiny_diffusion_training_lowers_the_denoising_loss_and_the_bound(tmp_pat
 
 def test_curriculum_values_at_known_steps():
     linear = DiffusionCurriculum(start=1.0, end=0.2, steps=100)
-    assert [linear.noise_level(s) for s in (0, 50, 100, 200)] == pytest.approx([1, 0.6, 0.2, 0.2])
+    assert [linear.value(s) for s in (0, 50, 100, 200)] == pytest.approx([1, 0.6, 0.2, 0.2])
     cosine = DiffusionCurriculum(start=1.0, end=0.2, shape="cosine", steps=100)
-    assert [cosine.noise_level(s) for s in (0, 25, 50, 100)] == pytest.approx(
+    assert [cosine.value(s) for s in (0, 25, 50, 100)] == pytest.approx(
         [1, 1 - 0.8 * (1 - math.cos(math.pi / 4)) / 2, 0.6, 0.2]
     )
 
@@ -313,7 +313,7 @@ def test_curriculum_state_round_trips():
     target = DiffusionCurriculum()
     target.load_state_dict(source.state_dict())
     assert target.state_dict() == source.state_dict()
-    assert target.noise_level(40) == source.noise_level(40)
+    assert target.value(40) == source.value(40)
 
 
 @pytest.mark.parametrize(

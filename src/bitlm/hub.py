@@ -8,9 +8,6 @@ also reads a Lightning ``.ckpt`` written by ``bitlm-train`` so every command tak
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bitlm.errors import BitLMError
+from bitlm.files import staged_dir
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 
@@ -29,33 +27,16 @@ WEIGHTS_NAME = "model.safetensors"
 def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
     """Write ``directory/{config.json,model.safetensors}`` without ever exposing a partial model.
 
-    The files are written into a temporary sibling folder that is renamed into place; an
-    existing ``directory`` is first renamed aside and deleted only once the new one is in place,
-    so a crash leaves either the old complete model or the new one (possibly beside ``.old``).
+    The files are written into a temporary sibling folder that replaces ``directory`` only once
+    complete (``bitlm.files.staged_dir``): a crash leaves the old complete model or the new one.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with staged_dir(directory) as staging:
         config = {"format": FORMAT, "model": model.config.to_dict()}
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, staging / WEIGHTS_NAME, metadata={"format": FORMAT})
-        _replace_dir(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:

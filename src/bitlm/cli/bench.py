@@ -12,7 +12,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bitlm.bench import attention, codec, compare, generation, memory, telemetry, throughput
+from bitlm.bench import (
+    attention,
+    codec,
+    compare,
+    data,
+    generation,
+    memory,
+    rle,
+    telemetry,
+    throughput,
+)
 from bitlm.bench.measure import machine
 from bitlm.bench.plots import FIGURES
 from bitlm.cli.app import fail, hydra_app, pick_device
@@ -92,6 +102,34 @@ def _codec(cfg: DictConfig) -> dict[str, Any]:
     return codec.run(cfg.n_bytes, min(cfg.reference_bytes, cfg.n_bytes), cfg.repeats)
 
 
+def _rle(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "n_bytes", "reference_bytes", "repeats")
+    return rle.run(cfg.n_bytes, min(cfg.reference_bytes, cfg.n_bytes), cfg.repeats)
+
+
+def _prepare(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "n_bytes", "repeats")
+    return data.run_prepare(cfg.n_bytes, cfg.repeats, _progress)
+
+
+def _dataloader(cfg: DictConfig) -> dict[str, Any]:
+    _check_positive(cfg, "n_bytes", "batch_size", "loader_batches", "steps", "repeats")
+    if cfg.loader_batches < cfg.steps + 2:
+        raise BitLMError(f"loader_batches must be at least steps + 2 = {cfg.steps + 2}")
+    return data.run_dataloader(
+        instantiate(cfg.model),
+        pick_device(cfg.device),
+        resolve_precision(cfg.precision),
+        cfg.batch_size,
+        cfg.n_bytes,
+        cfg.loader_batches,
+        cfg.steps,
+        cfg.num_workers,
+        cfg.repeats,
+        _progress,
+    )
+
+
 def _telemetry(cfg: DictConfig) -> dict[str, Any]:
     _check_positive(cfg, "batch_size", "steps", "every_n_steps", "lz76_batch", "lz76_bits")
     _check_positive(cfg, "sample_bytes", "repeats")
@@ -141,6 +179,9 @@ BENCHMARKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "attention": _attention,
     "generate": _generate,
     "codec": _codec,
+    "rle": _rle,
+    "prepare": _prepare,
+    "dataloader": _dataloader,
     "compare": _compare,
     "telemetry": _telemetry,
 }

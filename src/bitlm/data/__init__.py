@@ -4,6 +4,7 @@ See :mod:`bitlm.data.windows` for the train/validation split rule.
 """
 
 from bitlm.data.corpus import CORPORA, load_corpus, pydoc_corpus, resolve_paths
+from bitlm.data.sampling import EpochPermutation, ResumableSampler
 from bitlm.data.store import ByteStore, default_cache_dir
 from bitlm.data.windows import (
     Segment,
@@ -20,6 +21,8 @@ from bitlm.data.windows import (
 __all__ = [
     "CORPORA",
     "ByteStore",
+    "EpochPermutation",
+    "ResumableSampler",
     "Segment",
     "TrainWindows",
     "ValWindows",

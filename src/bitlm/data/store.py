@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,11 @@ from bitlm.data.corpus import load_corpus, resolve_paths
 from bitlm.errors import BitLMError
 from bitlm.files import write_atomic
 
-_FORMAT_VERSION = 1  # bump when the byte layout of a cache file changes
-_READ_BLOCK = 1 << 20
+_FORMAT_VERSION = 2  # bump when the byte layout of a cache file changes
+READ_BLOCK = 1 << 20
+"""Bytes read or written at a time: memory stays flat whatever the size of a file."""
+PREPARED_FORMAT, PREPARED_BYTES, PREPARED_INDEX = 1, "bytes.u8", "index.json"
+"""The format tag and file names of a ``bitlm-prepare`` folder (``bitlm.data.prepare``)."""
 
 
 def default_cache_dir() -> Path:
@@ -73,16 +76,41 @@ class ByteStore:
         """Open (building it on first use) the cache of the user's text files.
 
         ``patterns`` are files, directories or globs, expanded by :func:`resolve_paths` into a
-        sorted list. The files are concatenated in that order; when a file does not end with
-        ``b"\\n"``, one ``b"\\n"`` is inserted before the next file, so every file starts on a
-        new line. Nothing else is added or changed.
+        sorted list. The files are concatenated in that order, each followed by ``b"\\n"`` when
+        it does not end with one (``terminated``), so every file starts on a new line. Nothing
+        else is added or changed.
         """
         files = resolve_paths(patterns)
         identity = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
         path = _cache_path({"files": identity}, cache_dir)
         if not path.exists():
-            write_atomic(path, _joined_file_blocks(files))
+            write_atomic(path, (block for f in files for block in terminated(file_blocks(f))))
         return cls(path, [str(f) for f in files])
+
+    @classmethod
+    def from_prepared(cls, folder: str | os.PathLike[str]) -> tuple[ByteStore, dict[str, Any]]:
+        """Open a folder written by ``bitlm-prepare`` (``bitlm.data.prepare``): the store and
+        its index. Refuses a folder that is not one, or whose byte file does not have the size
+        its index records (truncated or replaced)."""
+        folder = Path(folder).expanduser()
+        index_path, bytes_path = folder / PREPARED_INDEX, folder / PREPARED_BYTES
+        if not index_path.is_file() or not bytes_path.is_file():
+            raise BitLMError(
+                f"{folder} is not a prepared data folder (no index.json and bytes.u8): make one "
+                f"with bitlm-prepare 'inputs=[…]' output={folder}"
+            )
+        index = _read_index(index_path)
+        expected = index["bytes"]
+        if index["format"] != PREPARED_FORMAT:
+            raise BitLMError(
+                f"{index_path} has format {index['format']!r}; this bitlm reads {PREPARED_FORMAT}"
+            )
+        if bytes_path.stat().st_size != expected or not expected:
+            raise BitLMError(
+                f"{bytes_path} holds {bytes_path.stat().st_size} bytes but its index records "
+                f"{expected}: the folder is damaged; prepare it again"
+            )
+        return cls(bytes_path, [s["name"] for s in index["sources"]]), index
 
     def __len__(self) -> int:
         return len(self.data)
@@ -100,6 +128,21 @@ class ByteStore:
         return f"ByteStore({str(self.path)!r}, {len(self)} bytes, sources={self.sources})"
 
 
+def _read_index(path: Path) -> dict[str, Any]:
+    """The parsed ``index.json`` of a prepared folder, refusing one without the fields the data
+    module reads."""
+    try:
+        index = json.loads(path.read_text())
+        missing = [k for k in ("format", "bytes", "sources", "split") if k not in index]
+        split = index.get("split", {})
+        missing += [f"split.{k}" for k in ("val_fraction", "chunk_bytes") if k not in split]
+    except (ValueError, TypeError, KeyError) as err:
+        raise BitLMError(f"{path} is not a bitlm-prepare index: {err}") from err
+    if missing:
+        raise BitLMError(f"{path} is not a bitlm-prepare index: it lacks {', '.join(missing)}")
+    return index
+
+
 def _cache_path(identity: dict[str, Any], cache_dir: str | os.PathLike[str] | None) -> Path:
     """Return ``<cache_dir>/<key>.u8``, key = sha256 of the JSON identity (first 24 hex digits)."""
     blob = json.dumps({"format": _FORMAT_VERSION, **identity}, sort_keys=True).encode()
@@ -115,13 +158,20 @@ def _cache_path(identity: dict[str, Any], cache_dir: str | os.PathLike[str] | No
     return directory / f"{key}.u8"
 
 
-def _joined_file_blocks(files: Sequence[Path]) -> Iterator[bytes]:
-    """Yield the bytes of ``files`` in order, with ``b"\\n"`` between files where one is missing."""
-    for i, file in enumerate(files):
-        last = b""
-        with file.open("rb") as handle:
-            while block := handle.read(_READ_BLOCK):
-                last = block
-                yield block
-        if i < len(files) - 1 and not last.endswith(b"\n"):
-            yield b"\n"
+def file_blocks(path: Path) -> Iterator[bytes]:
+    """The bytes of the file at ``path`` in blocks of at most ``READ_BLOCK``."""
+    with path.open("rb") as handle:
+        while block := handle.read(READ_BLOCK):
+            yield block
+
+
+def terminated(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """The non-empty blocks of one document, then ``b"\\n"`` if it does not end with one: a
+    stream of terminated documents starts each on a new line."""
+    last = b""
+    for block in blocks:
+        if block:
+            last = block
+            yield block
+    if last and not last.endswith(b"\n"):
+        yield b"\n"

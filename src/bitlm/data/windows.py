@@ -92,6 +92,7 @@ class _SegmentWindows(Dataset[torch.Tensor]):
         if window_bytes < 1:
             raise BitLMError(f"window_bytes={window_bytes} must be at least 1")
         self.data = data
+        self._bytes = data.data if isinstance(data, ByteStore) else np.asarray(data)
         self.window_bytes = window_bytes
         self.stride = stride
         bounds = np.asarray(segments, dtype=np.int64).reshape(-1, 2)
@@ -104,15 +105,25 @@ class _SegmentWindows(Dataset[torch.Tensor]):
 
     def offset(self, index: int) -> int:
         """Return the byte offset at which window ``index`` starts."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"window index {index} out of range for {len(self)} windows")
-        segment = int(np.searchsorted(self._cumulative, index, side="right")) - 1
-        return int(self._starts[segment] + (index - self._cumulative[segment]) * self.stride)
+        return int(self.offsets(np.array([index]))[0])
+
+    def offsets(self, indices: np.ndarray) -> np.ndarray:
+        """Byte offsets at which windows ``indices`` (int64 array) start, vectorised."""
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"window index out of range for {len(self)} windows")
+        segment = np.searchsorted(self._cumulative, indices, side="right") - 1
+        return self._starts[segment] + (indices - self._cumulative[segment]) * self.stride
 
     def __getitem__(self, index: int) -> torch.Tensor:
         """Return window ``index`` as a uint8 tensor of shape ``(window_bytes,)``."""
         start = self.offset(index)
-        return torch.from_numpy(np.array(self.data[start : start + self.window_bytes]))
+        return torch.from_numpy(np.array(self._bytes[start : start + self.window_bytes]))
+
+    def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
+        """Windows ``indices`` as one uint8 tensor ``(len(indices), window_bytes)``, read with one
+        vectorised gather (the ``DataLoader`` fetches a whole batch through this)."""
+        starts = self.offsets(np.asarray(indices, dtype=np.int64))
+        return torch.from_numpy(self._bytes[starts[:, None] + np.arange(self.window_bytes)])
 
 
 class TrainWindows(_SegmentWindows):
@@ -141,9 +152,10 @@ class ValWindows(_SegmentWindows):
         super().__init__(data, segments, window_bytes, stride=window_bytes)
 
 
-def collate_bits(batch: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack byte windows ``(n,)`` into ``(B, n)`` and expand to bits: uint8 ``(B, 9·n)``."""
-    return bytes_to_bits(torch.stack(list(batch)))
+def collate_bits(batch: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """Byte windows, ``(n,)`` each or already stacked ``(B, n)``, as bits: uint8 ``(B, 9·n)``."""
+    windows = batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))
+    return bytes_to_bits(windows)
 
 
 def batch_size(bits: torch.Tensor) -> int:

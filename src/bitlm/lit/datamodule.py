@@ -1,8 +1,10 @@
-"""BitDataModule: a built-in corpus or the user's text files as batches of bits for Lightning.
+"""BitDataModule: a built-in corpus, the user's text files or a prepared folder as batches of
+bits for Lightning.
 
-Pipeline: source -> :class:`~bitlm.data.ByteStore` (cached uint8 memmap) -> deterministic
+Pipeline: source -> :class:`~bitlm.data.ByteStore` (uint8 memmap) -> deterministic
 train/validation split (:func:`~bitlm.data.split_segments`) -> byte windows of
-``seq_len / 9`` bytes -> :func:`~bitlm.data.collate_bits` -> uint8 bits ``(B, seq_len)``.
+``seq_len / 9`` bytes, in the order of :class:`~bitlm.data.sampling.ResumableSampler` ->
+:func:`~bitlm.data.collate_bits` -> uint8 bits ``(B, seq_len)``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch.utils.data import DataLoader
 from bitlm.bits import frames_in
 from bitlm.data import (
     ByteStore,
+    ResumableSampler,
     TrainWindows,
     ValWindows,
     collate_bits,
@@ -30,11 +33,17 @@ from bitlm.errors import BitLMError
 class BitDataModule(L.LightningDataModule):
     """Batches of ``batch_size`` bit sequences of ``seq_len`` bits (``seq_len / 9`` bytes each).
 
-    Source: ``paths`` (files, directories, globs; see :func:`~bitlm.data.resolve_paths`) when
-    given and non-empty, else the built-in ``corpus``. ``prepare_data`` builds the byte cache
-    (atomically, so ranks cannot see a half-written file); ``setup`` opens it and splits it.
-    Training windows start at every byte offset and are shuffled (Lightning swaps in a
-    ``DistributedSampler`` under DDP); validation windows are fixed and non-overlapping.
+    Source: ``path``, a folder written by ``bitlm-prepare`` (its index fixes the split:
+    ``val_fraction`` and ``split_chunk_bytes`` are not used); else ``paths`` (files,
+    directories, globs; see :func:`~bitlm.data.resolve_paths`) when given and non-empty; else
+    the built-in ``corpus``. ``prepare_data`` builds the byte cache (atomically, so ranks cannot
+    see a half-written file); ``setup`` opens it and splits it.
+
+    Training windows start at every byte offset; their order is a pure function of ``seed`` and
+    the batch number (:class:`~bitlm.data.sampling.ResumableSampler`), each rank reading its own
+    share of every global batch, and a run resumed from a checkpoint continues at the batch the
+    checkpoint's step reached, so it reads what an uninterrupted run reads. Validation windows
+    are fixed and non-overlapping.
     """
 
     def __init__(
@@ -47,17 +56,22 @@ class BitDataModule(L.LightningDataModule):
         split_chunk_bytes: int = 4096,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        path: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(paths, str):
             paths = [paths]  # `data.paths=notes.txt` without brackets
         paths = [str(p) for p in paths] if paths else None  # plain list: checkpoints load safely
+        path = str(path) if path else None
         self.save_hyperparameters()
-        if not paths and not corpus:
+        if not path and not paths and not corpus:
             raise BitLMError(
-                "no training text: set data.corpus (e.g. pydoc) or use data=text "
-                "'data.paths=[a.txt,dir/]'"
+                "no training text: set data.corpus (e.g. pydoc), use data=text "
+                "'data.paths=[a.txt,dir/]' or data=memmap data.path=PREPARED_DIR"
             )
+        if path and paths:
+            raise BitLMError("give data.path (a prepared folder) or data.paths (text), not both")
         self.window_bytes = frames_in(seq_len, "data.seq_len")
         _check_positive(batch_size=batch_size, split_chunk_bytes=split_chunk_bytes)
         if num_workers < 0:
@@ -73,12 +87,16 @@ class BitDataModule(L.LightningDataModule):
         self.train_set: TrainWindows | None = None
         self.val_set: ValWindows | None = None
 
-    def _open_store(self) -> ByteStore:
-        """Open the byte cache of the configured source, building it if it is missing."""
+    def _open_store(self) -> tuple[ByteStore, float | None, int | None]:
+        """Open the bytes of the configured source (building the cache if it is missing), with
+        the split a prepared folder fixes (``(None, None)`` for the others)."""
         hp = self.hparams
+        if hp.path:
+            store, index = ByteStore.from_prepared(hp.path)
+            return store, index["split"]["val_fraction"], index["split"]["chunk_bytes"]
         if hp.paths:
-            return ByteStore.from_paths(list(hp.paths), hp.cache_dir)
-        return ByteStore.from_corpus(hp.corpus, hp.cache_dir)
+            return ByteStore.from_paths(list(hp.paths), hp.cache_dir), None, None
+        return ByteStore.from_corpus(hp.corpus, hp.cache_dir), None, None
 
     def prepare_data(self) -> None:
         """Build the byte cache once per node (Lightning calls this on local rank 0 only)."""
@@ -86,14 +104,20 @@ class BitDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Open the cache, split it, and build the window datasets (on every rank)."""
-        hp = self.hparams
-        self.store = self._open_store()
-        chunk = self.chunk_bytes(len(self.store))
-        train, val = split_segments(len(self.store), hp.val_fraction, chunk)
+        self.store, val_fraction, chunk = self._open_store()
+        val_fraction = val_fraction or self.hparams.val_fraction
+        chunk = chunk or self.chunk_bytes(len(self.store))
+        if chunk < self.window_bytes:
+            raise BitLMError(
+                f"the prepared split's chunks of {chunk} bytes are shorter than one window "
+                f"({self.window_bytes} bytes), so no validation window fits: prepare the data "
+                f"again with split_chunk_bytes >= {self.window_bytes}"
+            )
+        train, val = split_segments(len(self.store), val_fraction, chunk)
         self.train_segments = train
         self.train_set = TrainWindows(self.store, train, self.window_bytes)
         self.val_set = ValWindows(self.store, val, self.window_bytes)
-        self._check_sizes(chunk)
+        self._check_sizes(val_fraction, chunk)
 
     def byte_counts(self) -> torch.Tensor:
         """How often each byte value occurs in the training split, (256,) float64: the source
@@ -112,16 +136,16 @@ class BitDataModule(L.LightningDataModule):
         period = split_period(self.hparams.val_fraction)
         return max(self.window_bytes, min(self.hparams.split_chunk_bytes, n_bytes // period))
 
-    def _check_sizes(self, chunk: int) -> None:
+    def _check_sizes(self, val_fraction: float, chunk: int) -> None:
         """Refuse text too short for one validation window or one full training batch."""
         hp = self.hparams
         n_bytes = len(self.store)
-        needed = min_bytes_for_split(self.window_bytes, hp.val_fraction, chunk)
+        needed = min_bytes_for_split(self.window_bytes, val_fraction, chunk)
         if n_bytes < needed:
             raise BitLMError(
                 f"the text has {n_bytes} bytes, fewer than the {needed} needed for a training "
                 f"and a validation window of {self.window_bytes} bytes (seq_len={hp.seq_len} "
-                f"bits) with val_fraction={hp.val_fraction}: use more text or a smaller "
+                f"bits) with val_fraction={val_fraction}: use more text or a smaller "
                 "model.max_seq_len"
             )
         if len(self.train_set) < hp.batch_size:
@@ -131,23 +155,44 @@ class BitDataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader[torch.Tensor]:
-        """Shuffled batches of bits ``(batch_size, seq_len)``; incomplete last batch dropped."""
-        return self._loader(self.train_set, train=True)
+        """Batches of bits ``(batch_size, seq_len)`` in the resumable shuffled order, this rank's
+        share of each global batch; the incomplete last batch of an epoch is not read."""
+        if self.train_set is None:
+            raise RuntimeError("BitDataModule.setup() must run before asking for a dataloader")
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            len(self.train_set),
+            self.hparams.batch_size,
+            self.hparams.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            start_batch=self._batches_read,
+        )
+        return self._loader(self.train_set, sampler=sampler)
+
+    def _batches_read(self) -> int:
+        """Global batches the trainer has consumed: ``global_step · accumulate_grad_batches``
+        (restored from a checkpoint on resume, so the order continues where it stopped)."""
+        trainer = self.trainer
+        return trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
 
     def val_dataloader(self) -> DataLoader[torch.Tensor]:
         """The fixed validation windows in order, as bits ``(≤ batch_size, seq_len)``."""
-        return self._loader(self.val_set, train=False)
-
-    def _loader(self, dataset: TrainWindows | ValWindows | None, train: bool) -> DataLoader:
-        """Shuffle and drop the incomplete last batch for training only; pin memory for CUDA."""
-        if dataset is None:
+        if self.val_set is None:
             raise RuntimeError("BitDataModule.setup() must run before asking for a dataloader")
+        return self._loader(self.val_set)
+
+    def _loader(
+        self, dataset: TrainWindows | ValWindows, sampler: ResumableSampler | None = None
+    ) -> DataLoader:
+        """Batches of ``dataset`` (in ``sampler``'s order when given, dropping an incomplete
+        last batch); memory pinned for CUDA."""
         workers = self.hparams.num_workers
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=train,
-            drop_last=train,
+            sampler=sampler,
+            drop_last=sampler is not None,
             num_workers=workers,
             collate_fn=collate_bits,
             pin_memory=torch.cuda.is_available(),

@@ -8,11 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 
 from bitlm.bits import FRAME_BITS
+from bitlm.compression import compress_bits
 from bitlm.diffusion import (
     corrupt,
     corruption_rate,
@@ -64,6 +66,20 @@ class BitLMModule(L.LightningModule):
     predicted with itself masked: on clean input it would see the bits it predicts), on the
     first ``diffusion_telemetry_windows`` windows of each training batch (two extra forward
     passes without gradients) and on every validation window; K/C/S losses are refused.
+
+    Compressed inputs (causal bit models): with probability ``compress_prob`` (which the
+    ``CompressionRamp`` callback moves) a training batch is run-length coded and the model reads
+    it through ``forward_compressed``; its bpb is logged as ``train/bpb_compressed``, raw batches'
+    as ``train/bpb``.
+
+    Exact resume: before every training batch the global RNG is seeded from the run's seed, the
+    global batch number and the rank (``step_seed``), so dropout, noise and the compression draw
+    of a step do not depend on what ran before it (the data order is fixed by the sampler).
+
+    Non-finite steps: when the gradients hold NaN or inf (a NaN loss included) they are dropped
+    before the optimiser step, so the weights do not move (the step still counts), and the step
+    is counted (``train/nonfinite_steps``); ``max_nonfinite_steps`` in a row stop training with
+    an error, leaving the last checkpoint (saved before the streak, from finite weights) intact.
     """
 
     def __init__(
@@ -84,6 +100,8 @@ class BitLMModule(L.LightningModule):
         telemetry: bool = True,
         noise_level: float = 1.0,
         diffusion_telemetry_windows: int = 4,
+        compress_prob: float = 0.0,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         config = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model)
@@ -101,6 +119,13 @@ class BitLMModule(L.LightningModule):
                 f"{diffusion_telemetry_windows}"
             )
         self.noise_level = noise_level  # the DiffusionCurriculum callback lowers it
+        self.compress_prob = compress_prob  # the CompressionRamp callback moves it
+        _check_compression(compress_prob, config)
+        if max_nonfinite_steps < 1:
+            raise BitLMError(f"module.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        self.nonfinite_steps = 0  # in the whole run
+        self.nonfinite_streak = 0  # in a row, up to the current step
+        self.run_seed = 0  # the seed the run started from (on_fit_start)
         _check_telemetry_options(self.kcs, config, symbiosis_reference, reference_model, telemetry)
         self.telemetry = telemetry and self.bit_model
         self.register_buffer("reference_marginal", torch.full((FRAME_BITS,), 0.5))
@@ -108,6 +133,7 @@ class BitLMModule(L.LightningModule):
             _frozen(load_model(reference_model)) if symbiosis_reference == "model" else None
         )
         self.train_bpb = BitsPerByte()
+        self.train_compressed_bpb = BitsPerByte()
         self.val_bpb = BitsPerByte()
         self.train_bit_acc = MeanMetric()
         self.val_bit_acc = MeanMetric()
@@ -124,15 +150,29 @@ class BitLMModule(L.LightningModule):
         if stage == "fit" and hasattr(datamodule, "byte_counts"):
             self.reference_marginal.copy_(marginal_reference(datamodule.byte_counts()))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_steps"] = [self.nonfinite_steps, self.nonfinite_streak]
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints written before the symbiosis reference existed load with the default."""
+        """Restore the non-finite step counts; checkpoints written before the symbiosis reference
+        existed load with the default one."""
         checkpoint["state_dict"].setdefault("reference_marginal", self.reference_marginal)
+        self.nonfinite_steps, self.nonfinite_streak = checkpoint.get("nonfinite_steps", [0, 0])
+
+    def on_fit_start(self) -> None:
+        self.run_seed = torch.initial_seed()  # what seed_everything set, before step seeding
+
+    def on_train_batch_start(self, batch: Tensor, batch_idx: int) -> None:
+        accumulate = self.trainer.accumulate_grad_batches
+        global_batch = self.global_step * accumulate + batch_idx % accumulate
+        torch.manual_seed(step_seed(self.run_seed, global_batch, self.global_rank))
 
     def training_step(self, bits: Tensor, batch_idx: int) -> Tensor:
         if self.diffusion:
             loss, logits, aux = self._denoise(bits, "train", self.noise_level)
         else:
-            loss, logits, aux = self._score(bits, "train")
+            compress = self.compress_prob > 0 and bool(torch.rand(()) < self.compress_prob)
+            loss, logits, aux = self._score(bits, "train", compress)
         if self.telemetry:
             seen, predictions = bits, logits
             if self.diffusion:
@@ -170,19 +210,24 @@ class BitLMModule(L.LightningModule):
             self.val_telemetry["S"].update(logits, reference)
             self.log_dict(self.val_telemetry)
 
-    def _score(self, bits: Tensor, stage: str) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+    def _score(
+        self, bits: Tensor, stage: str, compressed: bool = False
+    ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
         """Causal mode: ``(loss, logits or None, model telemetry)``, updating and logging the
-        stage's bpb; the loss is the cross-entropy plus the weighted ponder cost when the model
-        halts."""
-        bpb = getattr(self, f"{stage}_bpb")
+        stage's bpb (``train/bpb_compressed`` when the model read the batch run-length coded);
+        the loss is the cross-entropy plus the weighted ponder cost when the model halts."""
         if not self.bit_model:  # the byte-level baseline: 256-way logits, no bit telemetry
             loss, byte_bits = self.model.score(bits, self.hparams.include_parity_loss)
             logits, aux = None, {}
         else:
-            logits, aux = self.model(bits)
+            if compressed:
+                logits, aux = self.model.forward_compressed(compress_bits(bits))
+            else:
+                logits, aux = self.model(bits)
             loss, byte_bits = bit_cross_entropy(logits, bits, self.hparams.include_parity_loss)
+        bpb = self.train_compressed_bpb if compressed else getattr(self, f"{stage}_bpb")
         bpb(byte_bits)  # forward: Lightning logs the batch value on steps
-        self.log(f"{stage}/bpb", bpb, prog_bar=True)
+        self.log(f"{stage}/bpb_compressed" if compressed else f"{stage}/bpb", bpb, prog_bar=True)
         return self._with_ponder(loss, aux), logits, aux
 
     def _denoise(
@@ -200,6 +245,26 @@ class BitLMModule(L.LightningModule):
             accuracy(stats.correct / stats.count, stats.count)
         self.log(f"{stage}/bit_acc", accuracy, prog_bar=True)
         return self._with_ponder(denoising_loss(logits, bits, masked), aux), logits, aux
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop non-finite gradients (the step then leaves the weights as they are), count the
+        step, and stop the run after ``max_nonfinite_steps`` of them in a row."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            self.nonfinite_streak = 0
+            return
+        optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without gradients
+        self.nonfinite_steps += 1
+        self.nonfinite_streak += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        if self.nonfinite_streak >= self.hparams.max_nonfinite_steps:
+            raise BitLMError(
+                f"{self.nonfinite_streak} training steps in a row (up to step {self.global_step}) "
+                "had a NaN or infinite loss or gradient; training stopped, the weights of the "
+                "last good step were never replaced, and the last checkpoint is intact. Lower "
+                "module.lr, set trainer.precision=32-true or trainer.gradient_clip_val, then "
+                "resume with ckpt_path=last"
+            )
 
     def _with_ponder(self, loss: Tensor, aux: dict[str, Tensor]) -> Tensor:
         if "ponder_cost" in aux:
@@ -266,6 +331,23 @@ def _check_telemetry_options(
             "module.symbiosis_reference=model needs module.reference_model=PATH (a .ckpt or an "
             "exported model folder)"
         )
+
+
+def _check_compression(compress_prob: float, config: ModelConfig) -> None:
+    if not 0.0 <= compress_prob <= 1.0:
+        raise BitLMError(f"module.compress_prob must be in [0, 1], got {compress_prob}")
+    if compress_prob > 0 and (config.unit != "bit" or config.mode != "causal"):
+        raise BitLMError(
+            "compressed inputs (module.compress_prob) are read by causal bit models through "
+            "forward_compressed: set module.compress_prob=0 for this model"
+        )
+
+
+def step_seed(run_seed: int, global_batch: int, rank: int) -> int:
+    """The seed of the global RNG for ``global_batch`` on ``rank``: ``SeedSequence`` mixes the
+    three, so neighbouring batches get unrelated streams and a resumed run the same ones."""
+    sequence = np.random.SeedSequence([run_seed, global_batch, rank])
+    return int(sequence.generate_state(1, np.uint64)[0])
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:

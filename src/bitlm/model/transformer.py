@@ -21,11 +21,13 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bitlm.bits import FRAME_BITS
+from bitlm.compression import CompressedBits, decompress_bits
 from bitlm.errors import BitLMError
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack, ReversibleStack
@@ -81,6 +83,14 @@ class TransformerLM(nn.Module):
             return {}
         record, halting.last = halting.last, {}
         return record
+
+    def forward_compressed(
+        self, compressed: CompressedBits, **kwargs: Any
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``forward`` of the bits ``compress_bits`` coded (``bitlm.compression``), decoded on
+        the model's device: the same result as ``forward`` on the raw bits, by construction."""
+        bits = decompress_bits(compressed).to(self.head.weight.device)
+        return self(bits, **kwargs)
 
     def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
         """``(training loss, CE in bits of each byte (B, n))`` of the causal model on ``bits``:

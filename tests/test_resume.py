@@ -89,6 +89,18 @@ def _finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, stderr[-3000:]
 
 
+def _wait_for_saves(proc: subprocess.Popen, checkpoint: Path, saves: int) -> None:
+    """Return once ``checkpoint`` has been written ``saves`` times (seen by its mtime; a save
+    missed between two polls only delays the kill), whatever the machine's speed."""
+    seen, last = 0, None
+    while seen < saves:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+        if stamp != last and stamp is not None:
+            seen, last = seen + 1, stamp
+        time.sleep(0.005)
+
+
 def _state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
@@ -97,11 +109,8 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_bit_for_bit(t
     _finish(_train(tmp_path / "whole", cache_dir))
     killed = tmp_path / "killed"
     proc = _train(killed, cache_dir)
-    checkpoint = killed / "checkpoints" / "last.ckpt"
-    while not checkpoint.exists():  # the first periodic checkpoint: training is under way
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.01)
-    time.sleep(random.uniform(0.0, 0.5))  # then a random moment, mid-step or mid-save
+    _wait_for_saves(proc, killed / "checkpoints" / "last.ckpt", random.randint(1, 4))
+    time.sleep(random.uniform(0.0, 0.05))  # then a random moment, mid-step or mid-save
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL

@@ -63,7 +63,9 @@ def file_sources(patterns: Sequence[str | os.PathLike[str]]) -> list[Source]:
     ]
 
 
-def hf_source(name: str, split: str = "train", text_field: str = "text", config: str | None = None):
+def hf_source(
+    name: str, split: str = "train", text_field: str = "text", config: str | None = None
+) -> Source:
     """The records of a Hugging Face dataset split as documents: ``name`` is a folder written by
     ``Dataset.save_to_disk``, a folder of data files (json, csv, parquet, text) or a dataset on
     the Hub (streamed, never downloaded whole)."""

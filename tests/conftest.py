@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,21 +39,54 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def run_cli(cache_dir):
-    """``run_cli("train", "model=tiny", …, cwd=tmp)``: the command as a user runs it."""
+    """``run_cli("train", "model=tiny", …, cwd=tmp)``: the command as a user runs it. The
+    command and every process it starts (distributed ranks) are gone when this returns."""
 
     def run(command: str, *overrides: str, cwd: Path) -> CliResult:
         env = {**os.environ, "BITLM_CACHE_DIR": str(cache_dir), "BITLM_LOG_DIR": str(cwd)}
-        proc = subprocess.run(
-            [sys.executable, "-m", f"bitlm.cli.{command}", *overrides],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+        argv = [sys.executable, "-m", f"bitlm.cli.{command}", *overrides]
+        returncode, stdout, stderr = run_process_group(argv, cwd=cwd, env=env)
+        return CliResult(returncode, stdout, stderr)
 
     return run
+
+
+def run_process_group(
+    argv: list[str], cwd: Path, env: dict | None = None, timeout: float = 600
+) -> tuple[int, str, str]:
+    """Run ``argv`` in a process group of its own; kill the whole group if it outlives
+    ``timeout``; fail the test if any process of the group is still alive after it ends."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert_group_ended(proc.pid)
+    return proc.returncode, stdout, stderr
+
+
+def assert_group_ended(pgid: int, grace: float = 10.0) -> None:
+    """No process of group ``pgid`` is left (ranks exiting just after rank 0 get ``grace``
+    seconds); any that is gets killed, and the test fails."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(pgid, signal.SIGKILL)
+    pytest.fail(f"processes of group {pgid} were still running after the command ended")
 
 
 def quiet_trainer(**kwargs):

@@ -8,6 +8,8 @@ also reads a Lightning ``.ckpt`` written by ``bitlm-train`` so every command tak
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +24,57 @@ from bitlm.model.config import ModelConfig
 FORMAT = "bitlm/v1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DISTRIBUTED_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
+LIGHTNING_METADATA = "meta.pt"  # what Lightning saves beside them: hyper-parameters, loops
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
+def save_pretrained(
+    model: torch.nn.Module,
+    directory: str | Path,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
     """Write ``directory/{config.json,model.safetensors}`` without ever exposing a partial model.
 
+    ``state_dict``: the weights to write, when ``model.state_dict()`` does not hold them whole
+    (a sharded model's gathered state); by default the model's own.
     The files are written into a temporary sibling folder that replaces ``directory`` only once
     complete (``bitlm.files.staged_dir``): a crash leaves the old complete model or the new one.
     """
     directory = Path(directory)
+    state_dict = model.state_dict() if state_dict is None else state_dict
     with staged_dir(directory) as staging:
         config = {"format": FORMAT, "model": model.config.to_dict()}
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(state, staging / WEIGHTS_NAME, metadata={"format": FORMAT})
     return directory
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a model (bit or byte-level, per its config) from an exported folder or a
-    ``bitlm-train`` Lightning checkpoint (.ckpt).
+    ``bitlm-train`` Lightning checkpoint: a ``.ckpt`` file, or the ``.ckpt`` folder of sharded
+    state that ``trainer=fsdp`` writes (read whole into this one process).
 
     Raises ``BitLMError`` with a one-line reason for a missing, unreadable or foreign file.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise BitLMError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        config, state = _read_folder(path)
+    if (path / DISTRIBUTED_METADATA).is_file():
+        model = _read_distributed_checkpoint(path)
     else:
-        config, state = _read_lightning_checkpoint(path)
-    model = build_model(config)
+        config, state = _read_folder(path) if path.is_dir() else _read_lightning_checkpoint(path)
+        model = _with_state(build_model(config), state, path)
+    return model.to(map_location).eval()
+
+
+def _with_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path):
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[0]
         raise BitLMError(f"checkpoint {path} does not match its config: {first_line}") from err
-    return model.to(map_location).eval()
+    return model
 
 
 def _read_folder(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -87,6 +103,30 @@ def _read_lightning_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     return ModelConfig.from_dict(hparams["model"]), state
+
+
+def _read_distributed_checkpoint(path: Path) -> torch.nn.Module:
+    """A sharded checkpoint folder (``torch.distributed.checkpoint`` files plus Lightning's
+    ``meta.pt``): the model is built from the hyper-parameters in ``meta.pt``, then the shards
+    of its weights are read into it in place (``dcp.load`` without a process group)."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        meta = torch.load(path / LIGHTNING_METADATA, map_location="cpu", weights_only=True)
+        config = ModelConfig.from_dict(meta["hyper_parameters"]["model"])
+    except (OSError, KeyError, TypeError, RuntimeError) as err:
+        raise BitLMError(
+            f"{path} is not a checkpoint written by bitlm-train: {_reason(err)}"
+        ) from err
+    model = build_model(config)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"state_dict": state}, checkpoint_id=path, no_dist=True)
+    except Exception as err:  # missing shards, foreign keys, unreadable files
+        raise BitLMError(f"could not read sharded checkpoint {path}: {_reason(err)}") from err
+    return _with_state(model, {k.removeprefix("model."): v for k, v in state.items()}, path)
 
 
 def _reason(err: Exception) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.errors import HydraException
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -54,7 +55,8 @@ def hydra_app(config_name: str, task: Task) -> Callable[[], None]:
             if user_error is None:
                 raise
             fail(_one_line(user_error))
-        print(json.dumps(result, ensure_ascii=False), flush=True)
+        if rank_zero_only.rank == 0:  # other ranks of a distributed run end silently
+            print(json.dumps(result, ensure_ascii=False), flush=True)
 
     def main() -> None:
         for pattern in HARMLESS_WARNINGS:

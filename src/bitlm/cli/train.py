@@ -15,11 +15,13 @@ from omegaconf import DictConfig
 from bitlm.bits import FRAME_BITS
 from bitlm.cli.app import hydra_app
 from bitlm.errors import BitLMError
+from bitlm.lit.module import FINAL_STEP_KEY
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Build module, data, callbacks, loggers and trainer from ``cfg``; fit; save the final
-    state as ``last.ckpt``; validate the final weights; return a summary for the JSON line."""
+    """Build module, data, callbacks, loggers and trainer from ``cfg``; fit (the callbacks save
+    ``last.ckpt`` and export the model); validate the final weights; return a summary for the
+    JSON line."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -39,14 +41,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         precision=resolve_precision(cfg.trainer.precision),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.ckpt_path, output_dir))
-    if trainer.checkpoint_callback is not None:
-        # ModelCheckpoint last saved at the last validation; make last.ckpt the final state
-        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
+    # the training processes' step count (under ddp_spawn this process never stepped)
+    steps = int(trainer.callback_metrics.get(FINAL_STEP_KEY, trainer.global_step))
     final = trainer.validate(module, datamodule=datamodule, verbose=False)
     return {
         "run_dir": str(output_dir),
-        "steps": trainer.global_step,
-        "train_bytes": _bytes_read(trainer, datamodule),
+        "steps": steps,
+        "train_bytes": _bytes_read(trainer, datamodule, steps),
         "val_bpb": final[0]["val/bpb"] if final else None,
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "checkpoint": _existing(output_dir / "checkpoints" / "last.ckpt"),
@@ -55,10 +56,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _bytes_read(trainer: L.Trainer, datamodule: L.LightningDataModule) -> int:
+def _bytes_read(trainer: L.Trainer, datamodule: L.LightningDataModule, steps: int) -> int:
     """Bytes of training text read: every optimizer step reads ``accumulate_grad_batches``
     batches of ``batch_size`` windows of ``seq_len / 9`` bytes on each of ``world_size`` ranks."""
-    windows = trainer.global_step * trainer.accumulate_grad_batches * trainer.world_size
+    windows = steps * trainer.accumulate_grad_batches * trainer.world_size
     return windows * datamodule.hparams.batch_size * (datamodule.hparams.seq_len // FRAME_BITS)
 
 
@@ -81,11 +82,12 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``None`` → fresh start; ``last`` → <run dir>/checkpoints/last.ckpt; else that file."""
+    """``None`` → fresh start; ``last`` → <run dir>/checkpoints/last.ckpt; else that path (a
+    file, or the folder of a sharded checkpoint)."""
     if ckpt_path is None:
         return None
     path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
+    if not path.exists():
         hint = (
             " (ckpt_path=last needs the same hydra.run.dir as the run)"
             if ckpt_path == "last"

@@ -26,6 +26,7 @@ from bitlm.diffusion import (
 )
 from bitlm.errors import BitLMError
 from bitlm.hub import load_model
+from bitlm.lit.strategies import shard_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.objective import BitsPerByte, bit_cross_entropy
@@ -37,6 +38,9 @@ from bitlm.telemetry.metrics import (
     bit_probabilities,
     marginal_reference,
 )
+
+FINAL_STEP_KEY = "trainer/final_step"
+"""``trainer.callback_metrics`` key of the optimizer steps taken when training ended."""
 
 
 class BitLMModule(L.LightningModule):
@@ -150,17 +154,30 @@ class BitLMModule(L.LightningModule):
         if stage == "fit" and hasattr(datamodule, "byte_counts"):
             self.reference_marginal.copy_(marginal_reference(datamodule.byte_counts()))
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (``trainer=fsdp``, ``trainer=fsdp_sim``) shard the
+        model with FSDP2 over the data-parallel mesh (``bitlm.lit.strategies.shard_model``);
+        other strategies set no mesh and leave the model whole."""
+        if self.device_mesh is not None:
+            shard_model(self.model, self.device_mesh["data_parallel"])
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_steps"] = [self.nonfinite_steps, self.nonfinite_streak]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the non-finite step counts; checkpoints written before the symbiosis reference
         existed load with the default one."""
-        checkpoint["state_dict"].setdefault("reference_marginal", self.reference_marginal)
+        if "state_dict" in checkpoint:  # a sharded checkpoint's weights load in the strategy
+            checkpoint["state_dict"].setdefault("reference_marginal", self.reference_marginal)
         self.nonfinite_steps, self.nonfinite_streak = checkpoint.get("nonfinite_steps", [0, 0])
 
     def on_fit_start(self) -> None:
         self.run_seed = torch.initial_seed()  # what seed_everything set, before step seeding
+
+    def on_train_end(self) -> None:
+        """Leave the step count where the launching process finds it: under ``ddp_spawn`` the
+        workers' ``callback_metrics`` are sent back to it, their ``global_step`` is not."""
+        self.trainer.callback_metrics[FINAL_STEP_KEY] = torch.tensor(float(self.global_step))
 
     def on_train_batch_start(self, batch: Tensor, batch_idx: int) -> None:
         accumulate = self.trainer.accumulate_grad_batches

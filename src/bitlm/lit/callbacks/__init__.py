@@ -1,5 +1,6 @@
 """Lightning callbacks, one per file."""
 
+from bitlm.lit.callbacks.last_checkpoint import LastCheckpoint
 from bitlm.lit.callbacks.model_export import ModelExport
 
-__all__ = ["ModelExport"]
+__all__ = ["LastCheckpoint", "ModelExport"]

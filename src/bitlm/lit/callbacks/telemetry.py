@@ -57,13 +57,14 @@ class TelemetryMonitor(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps or not trainer.is_global_zero:
-            return
-        if not getattr(pl_module, "bit_model", False):
+        if step % self.every_n_steps or not getattr(pl_module, "bit_model", False):
             return
         model = pl_module.model
+        # every rank runs the probe (a sharded model's forward is a collective); rank 0 logs
         with evaluating(model), torch.no_grad(), capture_internals(model) as internals:
             _, aux = model(batch[: self.probe_size])
+        if not trainer.is_global_zero:
+            return
         scalars = {"telemetry/C_lz76_data": lz76_complexity(batch).mean().item()}
         writers = _writers(trainer)
         for layer, (maps, states) in enumerate(
@@ -85,12 +86,16 @@ class TelemetryMonitor(L.Callback):
             logger.log_metrics(scalars, step)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.sample_bytes:
+        if trainer.sanity_checking or not self.sample_bytes:
             return
         if not getattr(pl_module, "bit_model", False):
             return
+        # every rank samples (same seed, same weights; a sharded model's forward is a
+        # collective); rank 0 logs
         generator = torch.Generator(pl_module.device).manual_seed(trainer.global_step)
         bits = sample(pl_module.model, b"", self.sample_bytes, generator=generator).bits
+        if not trainer.is_global_zero:
+            return
         step = trainer.global_step
         scalars = {
             "telemetry/K_sample": negentropy(bits[None]).item(),

@@ -105,3 +105,33 @@ def test_bad_telemetry_options_are_refused(kwargs, message):
     model = {**TELEMETRY_CONFIG, **kwargs.pop("model", {})}
     with pytest.raises(BitLMError, match=message):
         BitLMModule(model, **kwargs)
+
+
+def _fit_steps(tmp_path, steps: int, precision: str = "32-true", **model) -> BitLMModule:
+    L.seed_everything(0)
+    config = ModelConfig(d_model=64, n_heads=2, n_layers=2, max_seq_len=288, **model)
+    module = BitLMModule(config, warmup_steps=2)
+    datamodule = BitDataModule(seq_len=288, batch_size=4, cache_dir=str(tmp_path))
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, precision=precision)
+    trainer.fit(module, datamodule=datamodule)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    return module
+
+
+def test_compiled_model_trains_like_eager_and_keeps_plain_parameter_names(tmp_path):
+    compiled = _fit_steps(tmp_path / "compiled", 3, compile=True)
+    eager = _fit_steps(tmp_path / "eager", 3)
+    assert compiled.model._compiled_call_impl is not None  # compiled in place
+    assert eager.model._compiled_call_impl is None
+    saved = torch.load(tmp_path / "compiled" / "model.ckpt", weights_only=True)["state_dict"]
+    assert set(saved) == set(eager.state_dict())  # no _orig_mod. prefixes
+    for name, value in eager.model.state_dict().items():  # fused kernels: rounding differs
+        torch.testing.assert_close(compiled.model.state_dict()[name], value, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "32-true"])
+def test_each_precision_trains_the_reversible_model(tmp_path, precision):
+    """On CPU ``16-mixed`` runs as bf16 (Lightning warns); on a GPU as fp16 with loss scaling."""
+    module = _fit_steps(tmp_path, 2, precision)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert module.nonfinite_steps == 0

@@ -157,9 +157,13 @@ class BitLMModule(L.LightningModule):
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (``trainer=fsdp``, ``trainer=fsdp_sim``) shard the
         model with FSDP2 over the data-parallel mesh (``bitlm.lit.strategies.shard_model``);
-        other strategies set no mesh and leave the model whole."""
+        other strategies set no mesh and leave the model whole. Then, with ``model.compile``,
+        compile it in place (``nn.Module.compile``: no ``_orig_mod.`` wrapper, so parameter
+        names, checkpoints and exports are the same as without it)."""
         if self.device_mesh is not None:
             shard_model(self.model, self.device_mesh["data_parallel"])
+        if self.model.config.compile and self.model._compiled_call_impl is None:
+            self.model.compile()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_steps"] = [self.nonfinite_steps, self.nonfinite_streak]

@@ -68,6 +68,9 @@ class ModelConfig:
     local_d_model: int = 64
     local_n_heads: int = 2
     local_n_layers: int = 1
+    # torch.compile the model for training (BitLMModule.configure_model, in place: parameter
+    # names and checkpoints stay as without it); loading a model for inference ignores it
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.d_ff is None:
@@ -160,7 +163,7 @@ class ModelConfig:
                 "model.use_act (ACT halting) is for bit models; the byte-level baseline is the "
                 "plain reference: set model.use_act=false"
             )
-        for name in ("reversible", "activation_checkpointing", "bias", "use_act"):
+        for name in ("reversible", "activation_checkpointing", "bias", "use_act", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise BitLMError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:

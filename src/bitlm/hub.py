@@ -24,6 +24,7 @@ from bitlm.model.config import ModelConfig
 FORMAT = "bitlm/v1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+QUANTIZED_WEIGHTS_NAME = "model.pt"  # torchao tensors (bitlm.quantize); see save_pretrained
 DISTRIBUTED_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
 LIGHTNING_METADATA = "meta.pt"  # what Lightning saves beside them: hyper-parameters, loops
 
@@ -32,11 +33,17 @@ def save_pretrained(
     model: torch.nn.Module,
     directory: str | Path,
     state_dict: Mapping[str, torch.Tensor] | None = None,
+    quantization: str | None = None,
 ) -> Path:
     """Write ``directory/{config.json,model.safetensors}`` without ever exposing a partial model.
 
     ``state_dict``: the weights to write, when ``model.state_dict()`` does not hold them whole
     (a sharded model's gathered state); by default the model's own.
+    ``quantization``: the ``bitlm.quantize`` scheme ``model`` was quantized with. Its torchao
+    weight tensors (int8 / int4 values with their scales) are not plain tensors, which
+    safetensors cannot hold: they go to ``model.pt`` (``torch.save``; loaded with
+    ``weights_only=True``, which torchao's tensor types support), and config.json names the
+    scheme so that ``load_model`` rebuilds the same layers.
     The files are written into a temporary sibling folder that replaces ``directory`` only once
     complete (``bitlm.files.staged_dir``): a crash leaves the old complete model or the new one.
     """
@@ -44,16 +51,21 @@ def save_pretrained(
     state_dict = model.state_dict() if state_dict is None else state_dict
     with staged_dir(directory) as staging:
         config = {"format": FORMAT, "model": model.config.to_dict()}
+        if quantization is not None:
+            config["quantization"] = quantization
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-        save_file(state, staging / WEIGHTS_NAME, metadata={"format": FORMAT})
+        if quantization is not None:
+            torch.save(dict(state_dict), staging / QUANTIZED_WEIGHTS_NAME)
+        else:
+            state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+            save_file(state, staging / WEIGHTS_NAME, metadata={"format": FORMAT})
     return directory
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a model (bit or byte-level, per its config) from an exported folder or a
-    ``bitlm-train`` Lightning checkpoint: a ``.ckpt`` file, or the ``.ckpt`` folder of sharded
-    state that ``trainer=fsdp`` writes (read whole into this one process).
+    """Load a model (bit or byte-level, per its config) from an exported folder (quantized or
+    not) or a ``bitlm-train`` Lightning checkpoint: a ``.ckpt`` file, or the ``.ckpt`` folder of
+    sharded state that ``trainer=fsdp`` writes (read whole into this one process).
 
     Raises ``BitLMError`` with a one-line reason for a missing, unreadable or foreign file.
     """
@@ -62,34 +74,74 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> to
         raise BitLMError(f"checkpoint not found: {path}")
     if (path / DISTRIBUTED_METADATA).is_file():
         model = _read_distributed_checkpoint(path)
+    elif path.is_dir():
+        model = _read_folder(path)
     else:
-        config, state = _read_folder(path) if path.is_dir() else _read_lightning_checkpoint(path)
+        config, state = _read_lightning_checkpoint(path)
         model = _with_state(build_model(config), state, path)
     return model.to(map_location).eval()
 
 
-def _with_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path):
+def stored_size(path: str | Path) -> int:
+    """Bytes ``path`` takes on disk: the file, or every file below the folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def quantization_of(path: str | Path) -> str | None:
+    """The ``bitlm.quantize`` scheme of an exported model folder; None for float weights (and
+    for checkpoints, which are always float)."""
+    config_file = Path(path) / CONFIG_NAME
+    if not config_file.is_file():
+        return None
     try:
-        model.load_state_dict(state)
+        return json.loads(config_file.read_text()).get("quantization")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _with_state(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, assign: bool = False
+) -> torch.nn.Module:
+    """``model`` with ``state`` loaded strictly (``assign``: take the saved tensors themselves,
+    needed when their type differs from the model's, as quantized weights' does)."""
+    try:
+        model.load_state_dict(state, assign=assign)
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[0]
         raise BitLMError(f"checkpoint {path} does not match its config: {first_line}") from err
     return model
 
 
-def _read_folder(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-    for f in (config_file, weights_file):
-        if not f.is_file():
-            raise BitLMError(f"{path} is not an exported bitlm model: {f.name} is missing")
+def _read_folder(path: Path) -> torch.nn.Module:
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise BitLMError(f"{path} is not an exported bitlm model: {CONFIG_NAME} is missing")
     try:
         meta = json.loads(config_file.read_text())
-        state = load_file(weights_file)
-    except Exception as err:  # json, safetensors and OS errors all mean "unreadable"
+    except (OSError, ValueError) as err:
         raise BitLMError(f"could not read model folder {path}: {_reason(err)}") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BitLMError(f"{config_file} is not a bitlm config (expected format {FORMAT!r})")
-    return ModelConfig.from_dict(meta["model"]), state
+    model = build_model(ModelConfig.from_dict(meta["model"]))
+    scheme = meta.get("quantization")
+    weights_file = path / (WEIGHTS_NAME if scheme is None else QUANTIZED_WEIGHTS_NAME)
+    if not weights_file.is_file():
+        raise BitLMError(f"{path} is not an exported bitlm model: {weights_file.name} is missing")
+    if scheme is not None:
+        from bitlm.quantize import quantize
+
+        quantize(model, scheme)  # the layers the saved quantized weights belong to
+    try:
+        if scheme is None:
+            state = load_file(weights_file)
+        else:
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors, pickle and OS errors all mean "unreadable"
+        raise BitLMError(f"could not read model folder {path}: {_reason(err)}") from err
+    return _with_state(model, state, path, assign=scheme is not None)
 
 
 def _read_lightning_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -30,6 +30,7 @@ from bitlm.lit.strategies import shard_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.objective import BitsPerByte, bit_cross_entropy
+from bitlm.quantize import prepare_qat
 from bitlm.telemetry.losses import KCSLoss
 from bitlm.telemetry.metrics import (
     LZComplexity,
@@ -106,6 +107,7 @@ class BitLMModule(L.LightningModule):
         diffusion_telemetry_windows: int = 4,
         compress_prob: float = 0.0,
         max_nonfinite_steps: int = 10,
+        qat: bool = False,
     ) -> None:
         super().__init__()
         config = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model)
@@ -130,6 +132,7 @@ class BitLMModule(L.LightningModule):
         self.nonfinite_steps = 0  # in the whole run
         self.nonfinite_streak = 0  # in a row, up to the current step
         self.run_seed = 0  # the seed the run started from (on_fit_start)
+        self.qat_prepared = False  # configure_model runs for fit and again for validate
         _check_telemetry_options(self.kcs, config, symbiosis_reference, reference_model, telemetry)
         self.telemetry = telemetry and self.bit_model
         self.register_buffer("reference_marginal", torch.full((FRAME_BITS,), 0.5))
@@ -155,11 +158,16 @@ class BitLMModule(L.LightningModule):
             self.reference_marginal.copy_(marginal_reference(datamodule.byte_counts()))
 
     def configure_model(self) -> None:
-        """Under ``ModelParallelStrategy`` (``trainer=fsdp``, ``trainer=fsdp_sim``) shard the
+        """With ``qat``, insert 4-bit fake quantizers into the linear layers
+        (``bitlm.quantize.prepare_qat``; parameter names unchanged).
+        Under ``ModelParallelStrategy`` (``trainer=fsdp``, ``trainer=fsdp_sim``) shard the
         model with FSDP2 over the data-parallel mesh (``bitlm.lit.strategies.shard_model``);
         other strategies set no mesh and leave the model whole. Then, with ``model.compile``,
         compile it in place (``nn.Module.compile``: no ``_orig_mod.`` wrapper, so parameter
         names, checkpoints and exports are the same as without it)."""
+        if self.hparams.qat and not self.qat_prepared:
+            prepare_qat(self.model)
+            self.qat_prepared = True
         if self.device_mesh is not None:
             shard_model(self.model, self.device_mesh["data_parallel"])
         if self.model.config.compile and self.model._compiled_call_impl is None:

@@ -2,29 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from bitlm.errors import BitLMError
 from bitlm.hub import save_pretrained
+from bitlm.model import build_model
+from bitlm.quantize import SCHEMES, quantize
 
 
 class ModelExport(L.Callback):
     """Write ``dirpath/{config.json,model.safetensors}`` (see ``bitlm.hub``) from the final
     weights (gathered whole when the model is sharded), on rank 0, atomically. This folder is
     what ``bitlm-eval``, ``bitlm-generate`` and the hub upload read: no Lightning, optimiser
-    state or pickled code in it."""
+    state or pickled code in it.
 
-    def __init__(self, dirpath: str | Path) -> None:
+    ``quantize``: also write ``<dirpath>_<scheme>`` for each ``bitlm.quantize`` scheme
+    (``int8``, ``int4``) — the same weights quantized for CPU inference. After
+    ``module.qat=true`` training, ``int4`` is the converted QAT model.
+    """
+
+    def __init__(self, dirpath: str | Path, quantize: Sequence[str] = ()) -> None:
+        unknown = sorted(set(quantize) - set(SCHEMES))
+        if unknown:
+            raise BitLMError(
+                f"callbacks.model_export.quantize: unknown scheme(s) {unknown}; "
+                f"choose from {list(SCHEMES)}"
+            )
         self.dirpath = Path(dirpath)
+        self.quantize = list(quantize)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # a collective under FSDP2 (every rank sends its shards; rank 0 receives them whole)
         state = get_model_state_dict(
             pl_module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
-        if trainer.is_global_zero:
-            save_pretrained(pl_module.model, self.dirpath, state)
-            rank_zero_info(f"exported model to {self.dirpath}")
+        if not trainer.is_global_zero:
+            return
+        save_pretrained(pl_module.model, self.dirpath, state)
+        rank_zero_info(f"exported model to {self.dirpath}")
+        for scheme in self.quantize:
+            model = build_model(pl_module.model.config)
+            model.load_state_dict(state)  # plain float layers, whatever QAT inserted
+            target = self.dirpath.with_name(f"{self.dirpath.name}_{scheme}")
+            save_pretrained(quantize(model, scheme), target, quantization=scheme)
+            rank_zero_info(f"exported the {scheme} model to {target}")

@@ -46,7 +46,7 @@ def hydra_app(config_name: str, task: Task) -> Callable[[], None]:
     """Turn ``task(cfg) -> dict`` into a console-script ``main`` honouring the contract."""
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
-    def run(cfg: DictConfig) -> None:
+    def run(cfg: DictConfig) -> float | None:
         try:
             with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON line
                 result = task(cfg)
@@ -57,6 +57,7 @@ def hydra_app(config_name: str, task: Task) -> Callable[[], None]:
             fail(_one_line(user_error))
         if rank_zero_only.rank == 0:  # other ranks of a distributed run end silently
             print(json.dumps(result, ensure_ascii=False), flush=True)
+        return objective(cfg, result)
 
     def main() -> None:
         for pattern in HARMLESS_WARNINGS:
@@ -99,6 +100,18 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
     if isinstance(node, dict):
         return [m for k, v in node.items() for m in _missing_keys(v, f"{prefix}{k}.")]
     return [prefix.rstrip(".")] if node == "???" else []
+
+
+def objective(cfg: DictConfig, result: dict[str, Any]) -> float | None:
+    """What a Hydra sweeper minimises (``hparams_search=optuna``): the summary value named by
+    ``cfg.optimized_metric``; None when the config names none."""
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return None
+    if not isinstance(result.get(name), (int, float)):
+        numeric = sorted(k for k, v in result.items() if isinstance(v, (int, float)))
+        fail(f"optimized_metric={name} is not a number in the summary; choose one of {numeric}")
+    return float(result[name])
 
 
 def fail(message: str) -> None:

@@ -9,12 +9,13 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from bitlm.cli.app import config_dir
+from bitlm.lit.strategies import FSDP2Strategy
 from bitlm.model.config import ModelConfig
 
 
-def _compose(name: str, *overrides: str):
+def _compose(name: str, *overrides: str, hydra: bool = False):
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
+        return compose(name, overrides=list(overrides), return_hydra_config=hydra)
 
 
 def _options(group: str) -> list[str]:
@@ -41,11 +42,58 @@ def test_logger_and_callback_options_build(group, tmp_path):
         assert len(built) == len(cfg[group] or {})
 
 
-@pytest.mark.parametrize("option", ["default", "cpu"])
+@pytest.mark.parametrize("option", ["default", "cpu", "ddp_sim", "fsdp_sim"])
 def test_trainer_options_build_on_cpu(option, tmp_path):
     cfg = _compose("train", f"trainer={option}", f"paths.output_dir={tmp_path}")
     trainer = instantiate(cfg.trainer, precision="32-true", logger=False)
     assert trainer.max_steps == cfg.trainer.max_steps
+
+
+@pytest.mark.parametrize(
+    "option, accelerator, strategy",
+    [
+        ("cpu", "cpu", None),
+        ("gpu", "gpu", None),
+        ("ddp", "gpu", "ddp"),
+        ("ddp_sim", "cpu", "ddp_spawn"),
+        ("fsdp", "gpu", FSDP2Strategy),
+        ("fsdp_sim", "cpu", FSDP2Strategy),
+        ("multinode", "gpu", FSDP2Strategy),
+    ],
+)
+def test_trainer_options_choose_accelerator_and_strategy(option, accelerator, strategy):
+    cfg = _compose("train", f"trainer={option}")
+    assert cfg.trainer.accelerator == accelerator
+    chosen = cfg.trainer.get("strategy")
+    if isinstance(strategy, type):
+        assert isinstance(instantiate(chosen), strategy)
+    else:
+        assert chosen == strategy
+
+
+def test_multinode_option_launches_one_slurm_task_per_gpu():
+    cfg = _compose(
+        "train", "trainer=multinode", "hydra/launcher=slurm", "trainer.num_nodes=4", hydra=True
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)
+
+
+def test_optuna_search_minimises_val_bpb_in_memory():
+    cfg = _compose("train", "hparams_search=optuna", hydra=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert (sweeper.direction, sweeper.storage) == ("minimize", None)
+    assert {"module.lr", "model.d_model", "model.n_layers"} <= set(sweeper.params)
+    assert cfg.optimized_metric == "val_bpb"
+
+
+def test_qat_experiment_trains_with_fake_quantization_and_exports_int8_and_int4():
+    cfg = _compose("train", "experiment=qat")
+    assert cfg.module.qat is True
+    assert list(cfg.callbacks.model_export.quantize) == ["int8", "int4"]
+    assert cfg.trainer.max_steps == _compose("train").trainer.max_steps  # quickstart's recipe
 
 
 def test_text_data_and_debug_options_compose():

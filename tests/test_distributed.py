@@ -1,6 +1,6 @@
 """Distributed training on CPU: DDP and FSDP2 in two processes train the reversible model like one
 process with the same global batch; sharded checkpoints resume and load into one process; the
-trainer configs compose; no process is left behind (``run_process_group``)."""
+no process is left behind (``run_process_group``)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from bitlm.cli.app import config_dir
 from bitlm.hub import load_model
-from bitlm.lit.strategies import FSDP2Strategy
 from tests.conftest import ENGLISH, run_process_group
 
 SCRIPT = Path(__file__).with_name("distributed_run.py")
@@ -128,37 +124,3 @@ def test_ddp_spawn_run_reports_the_workers_steps_and_saves_the_final_state(run_c
     assert result.json["train_bytes"] == 6 * 2 * 4 * 32  # steps × ranks × batch × bytes/window
     checkpoint = torch.load(result.json["checkpoint"], weights_only=True)
     assert checkpoint["global_step"] == 6
-
-
-def _compose(*overrides: str):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
-
-
-@pytest.mark.parametrize(
-    "trainer, accelerator, strategy",
-    [
-        ("cpu", "cpu", None),
-        ("gpu", "gpu", None),
-        ("ddp", "gpu", "ddp"),
-        ("ddp_sim", "cpu", "ddp_spawn"),
-        ("fsdp", "gpu", FSDP2Strategy),
-        ("fsdp_sim", "cpu", FSDP2Strategy),
-        ("multinode", "gpu", FSDP2Strategy),
-    ],
-)
-def test_trainer_configs_choose_accelerator_and_strategy(trainer, accelerator, strategy):
-    cfg = _compose(f"trainer={trainer}")
-    assert cfg.trainer.accelerator == accelerator
-    chosen = cfg.trainer.get("strategy")
-    if isinstance(strategy, type):
-        assert isinstance(instantiate(chosen), strategy)
-    else:
-        assert chosen == strategy
-
-
-def test_multinode_config_launches_one_slurm_task_per_gpu():
-    cfg = _compose("trainer=multinode", "hydra/launcher=slurm", "trainer.num_nodes=4")
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)

@@ -1,5 +1,5 @@
-"""Hyper-parameter search: configs/hparams_search/optuna.yaml composes, a 2-trial in-memory
-Optuna sweep of distributed (ddp_spawn) trials runs, and the objective is the summary value."""
+"""Hyper-parameter search: a 2-trial in-memory Optuna sweep of distributed (ddp_spawn) trials
+runs, and its objective is the summary value (the config itself: tests/test_configs.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import json
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bitlm.cli.app import config_dir, objective
+from bitlm.cli.app import objective
 
 TINY_SEARCH = """\
 # @package _global_
@@ -24,16 +23,6 @@ hydra:
       model.n_layers: choice(1, 2)
       module.warmup_steps: choice(2, 5)
 """
-
-
-def test_optuna_search_config_minimises_val_bpb_in_memory():
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
-    sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper")
-    assert (sweeper.direction, sweeper.storage) == ("minimize", None)
-    assert {"module.lr", "model.d_model", "model.n_layers"} <= set(sweeper.params)
-    assert cfg.optimized_metric == "val_bpb"
 
 
 def test_objective_is_the_named_summary_value_and_a_missing_one_is_an_error(capsys):

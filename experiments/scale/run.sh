@@ -10,7 +10,7 @@ BUDGET=${2:-200}
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
 "$BIN/bitlm-bench" compare budget_s="$BUDGET" 'seeds=[1]' out_dir="$OUT" \
-  output="$OUT/compare.json" 'common_overrides=[experiment=quickstart]' \
+  output="$OUT/compare.json" \
   'variants=["float: callbacks.model_export.quantize=[int8,int4]","qat: experiment=qat"]' \
   > /dev/null
 for run in float qat; do
@@ -29,6 +29,6 @@ for run in ("float", "qat"):
     models = {"float": report, **{p.rsplit("_", 1)[-1]: r for p, r in report["compare"].items()}}
     for export, r in models.items():
         rows.append(f"| {run} | {export} | {r['bpb']:.3f} | {r['size_bytes'] / 1e6:.2f} MB |")
-(out / "table.md").write_text("\n".join(rows) + "\n")
+(out / "quantized.md").write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 PY

@@ -132,7 +132,7 @@ class BitLMModule(L.LightningModule):
         self.nonfinite_steps = 0  # in the whole run
         self.nonfinite_streak = 0  # in a row, up to the current step
         self.run_seed = 0  # the seed the run started from (on_fit_start)
-        self.qat_prepared = False  # configure_model runs for fit and again for validate
+        self.configured = False  # configure_model runs for fit and again for validate
         _check_telemetry_options(self.kcs, config, symbiosis_reference, reference_model, telemetry)
         self.telemetry = telemetry and self.bit_model
         self.register_buffer("reference_marginal", torch.full((FRAME_BITS,), 0.5))
@@ -164,14 +164,17 @@ class BitLMModule(L.LightningModule):
         model with FSDP2 over the data-parallel mesh (``bitlm.lit.strategies.shard_model``);
         other strategies set no mesh and leave the model whole. Then, with ``model.compile``,
         compile it in place (``nn.Module.compile``: no ``_orig_mod.`` wrapper, so parameter
-        names, checkpoints and exports are the same as without it)."""
-        if self.hparams.qat and not self.qat_prepared:
+        names, checkpoints and exports are the same as without it). Once per module: Lightning
+        calls it again for ``trainer.validate`` after ``trainer.fit``."""
+        if self.configured:
+            return
+        if self.hparams.qat:
             prepare_qat(self.model)
-            self.qat_prepared = True
         if self.device_mesh is not None:
             shard_model(self.model, self.device_mesh["data_parallel"])
-        if self.model.config.compile and self.model._compiled_call_impl is None:
+        if self.model.config.compile:
             self.model.compile()
+        self.configured = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_steps"] = [self.nonfinite_steps, self.nonfinite_streak]

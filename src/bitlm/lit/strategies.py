@@ -12,7 +12,7 @@ from typing import Any
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import fully_shard
 
 from bitlm.model.blocks import PlainStack, ReversibleStack
 
@@ -49,11 +49,7 @@ def shard_model(model: nn.Module, mesh: DeviceMesh) -> None:
     a unit's parameters in that unit's forward hook and reduce-scatters its gradients after that
     unit's backward. Then the root, which holds the embeddings, the head and whatever is left.
     One unit is gathered at a time, so peak parameter memory is the shards plus the largest unit.
-    A model already sharded is left as it is (Lightning calls ``configure_model`` again for
-    ``trainer.validate`` after ``trainer.fit``).
     """
-    if isinstance(model, FSDPModule):
-        return
     for stack in (m for m in model.modules() if isinstance(m, (PlainStack, ReversibleStack))):
         for block in stack.blocks:
             units = (block.f, block.g) if isinstance(stack, ReversibleStack) else (block,)

@@ -42,8 +42,8 @@ def test_qat_prepares_trains_and_converts_to_the_model_it_simulated(tmp_path, tr
     torch.testing.assert_close(converted, simulated, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("scheme, max_size", [("int8", 0.4), ("int4", 0.4)])
-def test_quantized_export_loads_evaluates_and_is_smaller(tmp_path, scheme, max_size):
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_export_loads_evaluates_and_is_smaller(tmp_path, scheme):
     torch.manual_seed(0)
     model = build_model(ModelConfig(**TINY, trunk="hierarchical")).eval()
     save_pretrained(model, tmp_path / "float")
@@ -59,7 +59,8 @@ def test_quantized_export_loads_evaluates_and_is_smaller(tmp_path, scheme, max_s
     assert model_bits(loaded, text, None, 4) == pytest.approx(
         model_bits(model, text, None, 4), rel=0.02
     )
-    assert stored_size(tmp_path / scheme) < max_size * stored_size(tmp_path / "float")
+    # int4 too: torchao's CPU layout keeps one 4-bit value per byte (experiments/scale)
+    assert stored_size(tmp_path / scheme) < 0.4 * stored_size(tmp_path / "float")
 
 
 def test_quantized_folder_without_its_weights_or_with_an_unknown_scheme_is_refused(tmp_path):

@@ -30,8 +30,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise BitLMError(f"compare takes a list of models: 'compare=[{cfg.compare}]'")
     files = resolve_paths([cfg.files] if isinstance(cfg.files, str) else list(cfg.files))
     texts = {_display_name(f): f.read_bytes() for f in files}
-    n_bytes = sum(len(data) for data in texts.values())
     report = _score(cfg.ckpt_path, texts, cfg)
+    n_bytes = report["bytes"]
     per_file_refs = {name: compressor_references(data) for name, data in texts.items()}
     report["references"] = {
         ref: sum(refs[ref] * len(texts[name]) for name, refs in per_file_refs.items()) / n_bytes

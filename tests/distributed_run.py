@@ -1,9 +1,11 @@
 """Train a tiny reversible model for a few steps under one strategy; write what the
 distributed tests compare (run as a script: DDP and FSDP2 launchers re-run ``sys.argv``).
 
-    python tests/distributed_run.py STRATEGY DEVICES BATCH_SIZE TRUNK OUT.json
+    python tests/distributed_run.py STRATEGY DEVICES BATCH_SIZE TRUNK OUT.json [grow]
 
-STRATEGY: ``single`` (one process), ``ddp_spawn`` or ``fsdp2`` (``FSDP2Strategy`` over gloo).
+STRATEGY: ``single`` (one process), ``ddp``, ``ddp_spawn`` or ``fsdp2`` (``FSDP2Strategy`` over
+gloo). ``grow``: validate every 2 steps under ``AdaptiveExpansion`` with every validation after
+the first a plateau, so the model grows deeper at step 4 and wider at step 6 (of 8).
 OUT.json: the global (all-rank mean) loss of every step, the fraction of the model's parameter
 elements each rank holds, and the path of the final weights (``OUT.pt``, rank 0).
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 import lightning as L
 from torch.distributed.tensor import DTensor
 
+from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
 from bitlm.lit.datamodule import BitDataModule
 from bitlm.lit.module import BitLMModule
 from bitlm.lit.strategies import FSDP2Strategy
@@ -48,7 +51,7 @@ class Record(L.Callback):
             self.out.write_text(json.dumps({"losses": self.losses, "held": self.held_fraction}))
 
 
-def main(strategy: str, devices: int, batch_size: int, trunk: str, out: Path) -> None:
+def main(strategy: str, devices: int, batch_size: int, trunk: str, out: Path, grow: bool) -> None:
     L.seed_everything(0)
     model = dict(d_model=64, n_heads=2, n_layers=2, max_seq_len=288, trunk=trunk, reversible=True)
     module = BitLMModule(model, warmup_steps=2)
@@ -57,21 +60,29 @@ def main(strategy: str, devices: int, batch_size: int, trunk: str, out: Path) ->
         accelerator="cpu",
         devices=devices,
         strategy=FSDP2Strategy() if strategy == "fsdp2" else "auto" if devices == 1 else strategy,
-        max_steps=STEPS,
+        max_steps=STEPS + 2 * grow,
         precision="32-true",
         gradient_clip_val=1.0,
-        limit_val_batches=0,
+        limit_val_batches=1 if grow else 0,
+        val_check_interval=2,
         num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[Record(out)],
+        callbacks=[Record(out)] + [_expansion()] * grow,
     )
     trainer.fit(module, datamodule=data)
     trainer.save_checkpoint(out.with_suffix(".ckpt"))  # sharded under fsdp2: a folder
 
 
+def _expansion() -> AdaptiveExpansion:
+    order = ("depth", "width")
+    return AdaptiveExpansion(
+        min_delta=100.0, patience=1, order=order, max_layers=4, max_d_model=128
+    )
+
+
 if __name__ == "__main__":
-    strategy, devices, batch_size, trunk, out = sys.argv[1:]
-    main(strategy, int(devices), int(batch_size), trunk, Path(out))
+    strategy, devices, batch_size, trunk, out, *grow = sys.argv[1:]
+    main(strategy, int(devices), int(batch_size), trunk, Path(out), grow == ["grow"])

@@ -20,9 +20,9 @@ BATCH = 4  # per process; the single-process reference reads 2 × BATCH
 TOLERANCE = 1e-5
 
 
-def _run(tmp_path: Path, strategy: str, devices: int, batch: int, trunk: str) -> dict:
+def _run(tmp_path: Path, strategy: str, devices: int, batch: int, trunk: str, *grow) -> dict:
     out = tmp_path / f"{strategy}-{trunk}.json"
-    argv = [sys.executable, str(SCRIPT), strategy, str(devices), str(batch), trunk, str(out)]
+    argv = [sys.executable, str(SCRIPT), strategy, str(devices), str(batch), trunk, str(out), *grow]
     returncode, _, stderr = run_process_group(argv, cwd=tmp_path, timeout=300)
     assert returncode == 0, stderr[-3000:]
     result = json.loads(out.read_text())
@@ -61,6 +61,19 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(
         )
     # DDP replicates the model; FSDP2 keeps half of every parameter on each of the two ranks
     assert result["held"] == (1.0 if strategy == "ddp_spawn" else pytest.approx(0.5, abs=0.02))
+
+
+def test_a_model_grown_under_ddp_trains_like_one_process(tmp_path):
+    """AdaptiveExpansion under DDP: both ranks grow at the same steps, DDP is re-wrapped around
+    the new parameters, and the run matches one process with the global batch."""
+    reference = _run(tmp_path, "single", 1, 2 * BATCH, "flat", "grow")
+    result = _run(tmp_path, "ddp", 2, BATCH, "flat", "grow")
+    assert result["model"].config.n_layers == 4 and result["model"].config.d_model == 128
+    assert result["losses"] == pytest.approx(reference["losses"], abs=TOLERANCE)
+    for name, value in reference["model"].state_dict().items():
+        torch.testing.assert_close(
+            result["model"].state_dict()[name], value, atol=TOLERANCE, rtol=0, msg=name
+        )
 
 
 FSDP_TRAIN = (

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from bitlm.bits import FRAME_BITS
 from bitlm.cli.app import hydra_app
 from bitlm.errors import BitLMError
+from bitlm.hub import load_model
 from bitlm.lit.module import FINAL_STEP_KEY
 
 
@@ -25,14 +26,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    module = instantiate(cfg.module, _convert_="all")  # first: model config errors come first
+    source = resume_path(cfg.ckpt_path, output_dir)
+    if cfg.finetune and source is None:
+        raise BitLMError("finetune=true starts from ckpt_path=MODEL (a .ckpt or exported folder)")
+    # first: model config errors come first
+    init = {"init_from": source} if cfg.finetune else {}
+    module = instantiate(cfg.module, _convert_="all", **init)
     datamodule = instantiate(cfg.data, _convert_="all")
-    if datamodule.hparams.seq_len > module.model.config.max_seq_len:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    context = max([module.model.config.max_seq_len] + [_context_limit(c) for c in callbacks])
+    if datamodule.hparams.seq_len > context:
         raise BitLMError(
             f"data.seq_len={datamodule.hparams.seq_len} is longer than the model's context "
-            f"(model.max_seq_len={module.model.config.max_seq_len})"
+            f"(model.max_seq_len={context})"
         )
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -40,11 +47,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=loggers or False,
         precision=resolve_precision(cfg.trainer.precision),
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.ckpt_path, output_dir))
+    extended = cfg.finetune and _source_context(source) < module.model.config.max_seq_len
+    if extended:
+        before = _bpb_by_context(trainer, module, datamodule, _source_context(source))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if cfg.finetune else source)
     # the training processes' step count (under ddp_spawn this process never stepped)
     steps = int(trainer.callback_metrics.get(FINAL_STEP_KEY, trainer.global_step))
     final = trainer.validate(module, datamodule=datamodule, verbose=False)
-    return {
+    summary = {
         "run_dir": str(output_dir),
         "steps": steps,
         "train_bytes": _bytes_read(trainer, datamodule, steps),
@@ -52,8 +62,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "checkpoint": _existing(output_dir / "checkpoints" / "last.ckpt"),
         "model_dir": _existing(output_dir / "model"),
-        "seconds": round(time.perf_counter() - started, 1),
     }
+    if extended:  # context extension: val bpb at the source's and the new context length
+        summary["val_bpb_by_context"] = {
+            "before": before,
+            "after": _bpb_by_context(trainer, module, datamodule, _source_context(source)),
+        }
+    return summary | {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def _context_limit(callback: L.Callback) -> int:
+    """The context a callback may grow the model to (adaptive expansion), else 0."""
+    return getattr(callback, "max_seq_len", None) or 0
+
+
+def _source_context(path: str) -> int:
+    return load_model(path).config.max_seq_len
+
+
+def _bpb_by_context(
+    trainer: L.Trainer, module: L.LightningModule, datamodule, short: int
+) -> dict[str, float]:
+    """Validation bpb of ``module`` on the first ``short`` bits of each window and on all
+    ``max_seq_len`` of them, keyed by the length in bits."""
+    result = {}
+    for length in (short, module.model.config.max_seq_len):
+        module.val_context = length
+        result[str(length)] = trainer.validate(module, datamodule=datamodule, verbose=False)[0][
+            "val/bpb"
+        ]
+    module.val_context = None
+    return result
 
 
 def _bytes_read(trainer: L.Trainer, datamodule: L.LightningDataModule, steps: int) -> int:

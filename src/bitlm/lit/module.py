@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -25,10 +25,11 @@ from bitlm.diffusion import (
     sample_noise_times,
 )
 from bitlm.errors import BitLMError
-from bitlm.hub import load_model
+from bitlm.hub import load_model, quantization_of
 from bitlm.lit.strategies import shard_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
+from bitlm.model.expand import grow_to
 from bitlm.objective import BitsPerByte, bit_cross_entropy
 from bitlm.quantize import prepare_qat
 from bitlm.telemetry.losses import KCSLoss
@@ -81,6 +82,16 @@ class BitLMModule(L.LightningModule):
     global batch number and the rank (``step_seed``), so dropout, noise and the compression draw
     of a step do not depend on what ran before it (the data order is fixed by the sampler).
 
+    Growth (``model/expand.py``): ``init_from`` starts from a trained model (a .ckpt or an
+    exported folder) grown function-preservingly to ``model`` (deeper, wider, longer context;
+    ``experiment=extend_context``). During training the ``AdaptiveExpansion`` callback grows the
+    model through ``install_model`` and ``record_growth``: each growth scales the LR by its
+    ``lr_scale`` from then on and warms it up again over its ``warmup_steps``
+    (``growth_lr_factor``). The grown architecture is the checkpoint's ``model`` hyper-parameter,
+    so a resumed run rebuilds it before the weights load. Batches longer than the model's context
+    (data windows sized for the context it may grow to) are read up to ``max_seq_len`` bits;
+    ``val_context`` (bits) shortens the validation windows further (bpb at a shorter context).
+
     Non-finite steps: when the gradients hold NaN or inf (a NaN loss included) they are dropped
     before the optimiser step, so the weights do not move (the step still counts), and the step
     is counted (``train/nonfinite_steps``); ``max_nonfinite_steps`` in a row stop training with
@@ -108,12 +119,15 @@ class BitLMModule(L.LightningModule):
         compress_prob: float = 0.0,
         max_nonfinite_steps: int = 10,
         qat: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         config = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model)
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = config.to_dict()  # plain dict: checkpoints load with weights_only
-        self.model = build_model(config)
+        self.model = build_model(config) if init_from is None else grown_from(init_from, config)
+        self.growths: list[dict[str, Any]] = []  # record_growth: step, lr_scale, warmup_steps
+        self.val_context: int | None = None  # validate on the first N bits of each window
         self.kcs = KCSLoss(lambda_K, lambda_C, lambda_S)
         self.bit_model = config.unit == "bit"
         self.diffusion = config.mode == "diffusion"
@@ -168,20 +182,51 @@ class BitLMModule(L.LightningModule):
         calls it again for ``trainer.validate`` after ``trainer.fit``."""
         if self.configured:
             return
-        if self.hparams.qat:
-            prepare_qat(self.model)
-        if self.device_mesh is not None:
-            shard_model(self.model, self.device_mesh["data_parallel"])
-        if self.model.config.compile:
-            self.model.compile()
+        self._prepare(self.model)
         self.configured = True
+
+    def _prepare(self, model: torch.nn.Module) -> None:
+        if self.hparams.qat:
+            prepare_qat(model)
+        if self.device_mesh is not None:
+            shard_model(model, self.device_mesh["data_parallel"])
+        if model.config.compile:
+            model.compile()
+
+    def install_model(self, model: torch.nn.Module) -> None:
+        """Replace the model (a grown one) and its config in the hyper-parameters (what
+        checkpoints rebuild), on this module's device, prepared as ``configure_model`` prepared
+        the old one. The caller rebuilds the optimizer. Not under FSDP2: a sharded model would
+        need its growth gathered and re-sharded, with its optimizer state."""
+        if self.device_mesh is not None:
+            raise BitLMError(
+                "growing the model (adaptive expansion, or resuming a run that grew) is not "
+                "supported under FSDP2 (trainer=fsdp): use trainer=ddp or one device"
+            )
+        self.model = model.to(self.device)
+        self.hparams["model"] = model.config.to_dict()
+        if self.configured:
+            self._prepare(self.model)
+
+    def record_growth(self, lr_scale: float, warmup_steps: int) -> None:
+        """From this step on, the LR schedule is scaled by ``lr_scale`` (on top of earlier
+        growths') and warms up again over ``warmup_steps`` (``growth_lr_factor``)."""
+        self.growths.append(
+            {"step": self.global_step, "lr_scale": lr_scale, "warmup_steps": warmup_steps}
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_steps"] = [self.nonfinite_steps, self.nonfinite_streak]
+        checkpoint["growths"] = self.growths
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the non-finite step counts; checkpoints written before the symbiosis reference
-        existed load with the default one."""
+        """Rebuild the architecture the checkpoint's model grew to (its weights load next);
+        restore the growth record and the non-finite step counts; checkpoints written before
+        the symbiosis reference existed load with the default one."""
+        saved = checkpoint.get("hyper_parameters", {}).get("model")
+        if saved is not None and ModelConfig.from_dict(saved) != self.model.config:
+            self.install_model(build_model(ModelConfig.from_dict(saved)))
+        self.growths = checkpoint.get("growths", [])
         if "state_dict" in checkpoint:  # a sharded checkpoint's weights load in the strategy
             checkpoint["state_dict"].setdefault("reference_marginal", self.reference_marginal)
         self.nonfinite_steps, self.nonfinite_streak = checkpoint.get("nonfinite_steps", [0, 0])
@@ -199,7 +244,13 @@ class BitLMModule(L.LightningModule):
         global_batch = self.global_step * accumulate + batch_idx % accumulate
         torch.manual_seed(step_seed(self.run_seed, global_batch, self.global_rank))
 
+    def _in_context(self, bits: Tensor, limit: int | None = None) -> Tensor:
+        """The first ``max_seq_len`` bits (at most ``limit``) of each window: the whole window,
+        unless the data is sized for a context the model may still grow to."""
+        return bits[:, : min(self.model.config.max_seq_len, limit or bits.size(1))]
+
     def training_step(self, bits: Tensor, batch_idx: int) -> Tensor:
+        bits = self._in_context(bits)
         if self.diffusion:
             loss, logits, aux = self._denoise(bits, "train", self.noise_level)
         else:
@@ -223,6 +274,7 @@ class BitLMModule(L.LightningModule):
         return loss
 
     def validation_step(self, bits: Tensor, batch_idx: int) -> None:
+        bits = self._in_context(bits, self.val_context)
         if self.diffusion:
             generator = torch.Generator(bits.device).manual_seed(batch_idx)
             loss, logits, _ = self._denoise(bits, "val", 1.0, generator)
@@ -332,7 +384,9 @@ class BitLMModule(L.LightningModule):
             raise ValueError(
                 "set trainer.max_steps or trainer.max_epochs: the LR schedule needs it"
             )
-        optimizer, scheduler = optimizer_and_schedule(self, self.hparams, int(total))
+        optimizer, scheduler = optimizer_and_schedule(
+            self, self.hparams, int(total), self.growths, self.global_step
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -388,11 +442,26 @@ def _frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def grown_from(path: str, config: ModelConfig) -> torch.nn.Module:
+    """The float model at ``path`` (a .ckpt or an exported folder) grown to ``config``."""
+    if quantization_of(path):
+        raise BitLMError(
+            f"module.init_from={path} is a quantized export; start from the float model "
+            "(<run dir>/model or a .ckpt)"
+        )
+    return grow_to(load_model(path), config).model
+
+
 def optimizer_and_schedule(
-    model: torch.nn.Module, hp: Mapping[str, Any], total_steps: int
+    model: torch.nn.Module,
+    hp: Mapping[str, Any],
+    total_steps: int,
+    growths: Sequence[Mapping[str, Any]] = (),
+    start_step: int = 0,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``model`` with the module's hyper-parameters ``hp``, and its per-step
-    :func:`warmup_cosine` schedule over ``total_steps``.
+    :func:`warmup_cosine` × :func:`growth_lr_factor` schedule over ``total_steps``, its next
+    step being ``start_step`` (a schedule rebuilt after a growth continues where it was).
 
     Weight decay applies to matrices (embeddings, projections) only: decaying biases and norm
     gains pulls them towards 0, which is not a prior anyone wants.
@@ -403,13 +472,42 @@ def optimizer_and_schedule(
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]))
+    for group in optimizer.param_groups:
+        group["initial_lr"] = hp["lr"]  # LambdaLR's base, needed to start at start_step
     schedule = functools.partial(
-        warmup_cosine,
+        scheduled_lr,
         warmup_steps=hp["warmup_steps"],
         total_steps=total_steps,
         min_ratio=hp["min_lr_ratio"],
+        growths=tuple(growths),
     )
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=start_step - 1)
+    return optimizer, scheduler
+
+
+def scheduled_lr(
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float,
+    growths: tuple[Mapping[str, Any], ...],
+) -> float:
+    """LR multiplier of optimizer step ``step``: ``warmup_cosine × growth_lr_factor``."""
+    cosine = warmup_cosine(step, warmup_steps, total_steps, min_ratio)
+    return cosine * growth_lr_factor(step, growths)
+
+
+def growth_lr_factor(step: int, growths: tuple[Mapping[str, Any], ...]) -> float:
+    """``Π lr_scale`` of the growths made at or before ``step``, times a linear re-warm-up from
+    the last one: ``min(1, (step − step_g + 1) / warmup_steps_g)``; 1 before any growth. With the
+    original's rule (lr_scale 1/√2, 100 steps) the LR after g growths tends to 2^(−g/2)× the
+    schedule's."""
+    past = [g for g in growths if g["step"] <= step]
+    if not past:
+        return 1.0
+    last = past[-1]
+    warmup = min(1.0, (step - last["step"] + 1) / last["warmup_steps"])
+    return math.prod(g["lr_scale"] for g in past) * warmup
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

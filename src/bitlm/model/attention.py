@@ -18,13 +18,14 @@ class RotaryEmbedding(nn.Module):
     """RoPE: rotate each feature pair (i, i + d/2) of q and k by the angle ``pos · base^(-2i/d)``.
 
     Attention scores then depend only on relative position, so a model can be run (and later
-    fine-tuned) on contexts longer than it was trained on.
+    fine-tuned) on contexts longer than it was trained on. Position interpolation (``scale`` k):
+    angles use ``pos / k``, so k times the context spans the angles the model was trained on.
     """
 
-    def __init__(self, head_dim: int, base: float) -> None:
+    def __init__(self, head_dim: int, base: float, scale: float = 1.0) -> None:
         super().__init__()
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", inv_freq / scale, persistent=False)
 
     def forward(self, start: int, length: int) -> tuple[Tensor, Tensor]:
         """cos and sin tables, each (length, head_dim), for positions start … start+length-1."""

@@ -55,6 +55,10 @@ class ModelConfig:
     # after the first need an explicit mask that costs time and memory (experiments/microbench).
     attn_chunk_size: int | None = None
     rope_base: float = 10_000.0
+    # RoPE position interpolation: rotation angles use position / rope_scale. 1 is plain RoPE;
+    # a model extended from L to k·L bits of context may set k so the longer window's angles
+    # stay within those it was trained on (Chen et al. 2023, experiments/progressive measures it)
+    rope_scale: float = 1.0
     bias: bool = False
     # adaptive computation time (model/act.py): per-layer halting units; a position stops being
     # updated once its halting probabilities sum to act_threshold. With reversible=true the
@@ -182,6 +186,8 @@ class ModelConfig:
             raise BitLMError(f"model.act_threshold must be in (0, 1], got {self.act_threshold}")
         if not _is_number(self.rope_base) or self.rope_base <= 1.0:
             raise BitLMError(f"model.rope_base must be > 1, got {self.rope_base}")
+        if not _is_number(self.rope_scale) or self.rope_scale <= 0.0:
+            raise BitLMError(f"model.rope_scale must be > 0, got {self.rope_scale}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:

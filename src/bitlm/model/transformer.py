@@ -47,7 +47,7 @@ class TransformerLM(nn.Module):
     def _build_trunk_and_head(self, config: ModelConfig, n_outputs: int) -> None:
         self.config = config
         self.embed_dropout = nn.Dropout(config.dropout)
-        self.rope = RotaryEmbedding(config.head_dim, config.rope_base)
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_base, config.rope_scale)
         self.trunk = make_trunk(config)
         self.norm = nn.LayerNorm(config.d_model, bias=config.bias)
         self.head = nn.Linear(config.d_model, n_outputs, bias=config.bias)

@@ -3,6 +3,7 @@ telemetry views, under a real Lightning Trainer."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import lightning as L
@@ -13,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bitlm.bench.measure import corpus_batches
 from bitlm.errors import BitLMError
+from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
 from bitlm.lit.callbacks.safety import SafetyGateCallback
 from bitlm.lit.callbacks.telemetry import TelemetryMonitor, attention_image
 from bitlm.lit.datamodule import BitDataModule
@@ -113,6 +115,28 @@ def test_rollback_restores_the_last_good_step_exactly_and_lowers_the_lr(tmp_path
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.base_lrs == pytest.approx([1e-2 * 0.5] * len(scheduler.base_lrs))
     assert callback.gate.steps == 2  # restarted after the rollback
+
+
+class GrowAt(L.Callback):
+    """Grows the model one block deeper after optimizer step ``step`` (AdaptiveExpansion.grow)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            deeper = dataclasses.replace(pl_module.model.config, n_layers=3)
+            AdaptiveExpansion().grow(trainer, pl_module, deeper)
+
+
+def test_rollback_after_a_growth_restores_a_snapshot_of_the_grown_model(tmp_path):
+    """The snapshot taken before the model grew holds weights that fit no longer: it is dropped
+    and a new one taken, so a later firing rolls back within the grown model."""
+    callback = gate(action="rollback", snapshot_every_n_steps=100)
+    module = ScriptedTelemetry([[0.9] * 4 + [0.0] + [0.9] * 3])
+    fit(module, [GrowAt(3), callback], 6, tmp_path)
+    assert callback.rollbacks == 1 and callback.snapshot["step"] == 3
+    assert module.model.config.n_layers == 3
 
 
 def test_rollback_before_any_judged_step_only_warns(tmp_path, caplog):

@@ -4,23 +4,27 @@ expansion callback under a real Lightning Trainer (growth order, limits, optimiz
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from bitlm.errors import BitLMError
+from bitlm.hub import load_model
 from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
 from bitlm.lit.datamodule import BitDataModule
 from bitlm.lit.module import BitLMModule, growth_lr_factor
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import carry_optimizer_state, grow_to
-from tests.conftest import quiet_trainer
+from tests.conftest import TINY_TRAIN, quiet_trainer
+from tests.test_configs import _compose
 
 BASE = ModelConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=72)
 VARIANTS = {
@@ -220,3 +224,54 @@ def test_context_growth_needs_windows_as_long_as_its_limit(tmp_path, cache_dir):
     trainer = quiet_trainer(max_steps=1, callbacks=[AdaptiveExpansion(max_seq_len=144)])
     with pytest.raises(BitLMError, match=r"set data\.seq_len=144"):
         trainer.fit(BitLMModule(BASE), datamodule=datamodule)
+
+
+def test_progressive_experiment_starts_at_a_quarter_and_grows_to_small():
+    cfg = _compose("train", "experiment=progressive")
+    start = instantiate(cfg.model)
+    callback = instantiate(cfg.callbacks.adaptive_expansion)
+    final = dataclasses.replace(start)
+    while (grown := callback.next_config(final)) is not None:
+        final = grown
+    assert (start.n_layers, start.d_model) == (2, 96)
+    assert final == instantiate(_compose("train").model)  # exactly model=small
+
+
+def test_extend_context_finetunes_and_reports_bpb_at_both_lengths(run_cli, trained_run, tmp_path):
+    run_dir, _ = trained_run
+    result = run_cli(
+        "train",
+        "experiment=extend_context",
+        f"ckpt_path={run_dir / 'model'}",
+        *TINY_TRAIN,
+        "model.max_seq_len=576",
+        "trainer.max_steps=30",
+        f"hydra.run.dir={tmp_path / 'extended'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 30  # a fresh run from the model's weights, not a resume
+    by_context = summary["val_bpb_by_context"]
+    assert set(by_context["before"]) == set(by_context["after"]) == {"288", "576"}
+    assert by_context["after"]["576"] == pytest.approx(summary["val_bpb"])
+    # fine-tuning at 576 bits keeps the short context close (here it improves it)
+    assert by_context["after"]["288"] < by_context["before"]["288"] + 0.1
+    assert load_model(tmp_path / "extended" / "model").config.max_seq_len == 576
+
+
+def test_finetune_needs_a_model_and_a_growable_architecture(run_cli, trained_run, tmp_path):
+    run_dir, _ = trained_run
+    missing = run_cli("train", "experiment=extend_context", *TINY_TRAIN, cwd=tmp_path)
+    other = run_cli(
+        "train",
+        "experiment=extend_context",
+        f"ckpt_path={run_dir / 'model'}",
+        *TINY_TRAIN,
+        "model.trunk=flat",  # trained hierarchical
+        cwd=tmp_path,
+    )
+    for result, message in ((missing, "finetune=true starts from ckpt_path"), (other, "trunk")):
+        assert result.returncode == 2
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error:") and message in last

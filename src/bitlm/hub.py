@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from bitlm.errors import BitLMError
 from bitlm.files import staged_dir
@@ -34,6 +34,7 @@ def save_pretrained(
     directory: str | Path,
     state_dict: Mapping[str, torch.Tensor] | None = None,
     quantization: str | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``directory/{config.json,model.safetensors}`` without ever exposing a partial model.
 
@@ -44,6 +45,7 @@ def save_pretrained(
     safetensors cannot hold: they go to ``model.pt`` (``torch.save``; loaded with
     ``weights_only=True``, which torchao's tensor types support), and config.json names the
     scheme so that ``load_model`` rebuilds the same layers.
+    ``extra_files``: {file name: text} written beside them (a distilled model's metrics.json).
     The files are written into a temporary sibling folder that replaces ``directory`` only once
     complete (``bitlm.files.staged_dir``): a crash leaves the old complete model or the new one.
     """
@@ -57,9 +59,16 @@ def save_pretrained(
         if quantization is not None:
             torch.save(dict(state_dict), staging / QUANTIZED_WEIGHTS_NAME)
         else:
-            state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-            save_file(state, staging / WEIGHTS_NAME, metadata={"format": FORMAT})
+            (staging / WEIGHTS_NAME).write_bytes(serialized_weights(state_dict))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
     return directory
+
+
+def serialized_weights(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    """The bytes of ``model.safetensors`` for ``state_dict`` (so its size is known unwritten)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    return save(state, metadata={"format": FORMAT})
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:

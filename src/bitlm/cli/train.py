@@ -49,7 +49,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     extended = cfg.finetune and _source_context(source) < module.model.config.max_seq_len
     if extended:
-        before = _bpb_by_context(trainer, module, datamodule, _source_context(source))
+        evaluator = L.Trainer(  # its own: validating with `trainer` would close its loggers
+            accelerator=cfg.trainer.accelerator,
+            devices=1,
+            precision=trainer.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+        )
+        before = _bpb_by_context(evaluator, module, datamodule, _source_context(source))
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if cfg.finetune else source)
     # the training processes' step count (under ddp_spawn this process never stepped)
     steps = int(trainer.callback_metrics.get(FINAL_STEP_KEY, trainer.global_step))
@@ -66,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if extended:  # context extension: val bpb at the source's and the new context length
         summary["val_bpb_by_context"] = {
             "before": before,
-            "after": _bpb_by_context(trainer, module, datamodule, _source_context(source)),
+            "after": _bpb_by_context(evaluator, module, datamodule, _source_context(source)),
         }
     return summary | {"seconds": round(time.perf_counter() - started, 1)}
 

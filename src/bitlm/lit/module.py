@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ from bitlm.hub import load_model, quantization_of
 from bitlm.lit.strategies import shard_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
-from bitlm.model.expand import grow_to
+from bitlm.model.expand import GROWABLE, grow_to
 from bitlm.objective import BitsPerByte, bit_cross_entropy
 from bitlm.quantize import prepare_qat
 from bitlm.telemetry.losses import KCSLoss
@@ -220,12 +221,15 @@ class BitLMModule(L.LightningModule):
         checkpoint["growths"] = self.growths
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Rebuild the architecture the checkpoint's model grew to (its weights load next);
-        restore the growth record and the non-finite step counts; checkpoints written before
-        the symbiosis reference existed load with the default one."""
+        """Rebuild the architecture the checkpoint's model grew to (its sizes; its weights load
+        next); restore the growth record and the non-finite step counts; checkpoints written
+        before the symbiosis reference existed load with the default one."""
         saved = checkpoint.get("hyper_parameters", {}).get("model")
-        if saved is not None and ModelConfig.from_dict(saved) != self.model.config:
-            self.install_model(build_model(ModelConfig.from_dict(saved)))
+        if saved is not None:
+            sizes = {name: saved[name] for name in GROWABLE if name in saved}
+            grown = dataclasses.replace(self.model.config, **sizes)
+            if grown != self.model.config:  # keeps this run's ADJUSTABLE settings (dropout, …)
+                self.install_model(build_model(grown))
         self.growths = checkpoint.get("growths", [])
         if "state_dict" in checkpoint:  # a sharded checkpoint's weights load in the strategy
             checkpoint["state_dict"].setdefault("reference_marginal", self.reference_marginal)

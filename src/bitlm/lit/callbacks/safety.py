@@ -27,7 +27,8 @@ class SafetyGateCallback(L.Callback):
       exactly, multiply the learning rate by ``lr_factor`` from then on, and restart the gate
       (burn-in included) so the restored model is judged afresh. Snapshots are taken every
       ``snapshot_every_n_steps`` steps that the gate judged and passed (never during burn-in),
-      and kept in memory only; before the first one a firing gate only warns.
+      and kept in memory only; before the first one (and after the model grew, which drops the
+      snapshot: ``AdaptiveExpansion``) a firing gate only warns.
 
     The gate judges the optimiser steps only (the last micro-batch of each gradient
     accumulation). Drift: a monitored metric whose value moved by more than ``drift_threshold``
@@ -83,6 +84,8 @@ class SafetyGateCallback(L.Callback):
         c, s = _rank_mean(trainer, [float(metrics["telemetry/C"]), float(metrics["telemetry/S"])])
         self._watch_drift(values, trainer.global_step)
         fired = trainer.strategy.reduce_boolean_decision(self.gate.update(c, s), all=False)
+        if self.snapshot is not None and self.snapshot["model_config"] != pl_module.model.config:
+            self.snapshot = None  # taken before the model grew: its weights fit no longer
         pl_module.log_dict({"safety/ema_C": self.gate.ema_c, "safety/ema_S": self.gate.ema_s})
         if fired:
             self._act(trainer, pl_module)
@@ -162,6 +165,7 @@ def _snapshot(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any
     """Copies of the module's weights and every optimiser's state, on the CPU."""
     return {
         "step": trainer.global_step,
+        "model_config": pl_module.model.config,
         "model": {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()},
         "optimizers": [_to_cpu(opt.state_dict()) for opt in trainer.optimizers],
     }

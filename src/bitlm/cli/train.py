@@ -47,7 +47,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=loggers or False,
         precision=resolve_precision(cfg.trainer.precision),
     )
-    extended = cfg.finetune and _source_context(source) < module.model.config.max_seq_len
+    old_context = load_model(source).config.max_seq_len if cfg.finetune else None
+    extended = cfg.finetune and old_context < module.model.config.max_seq_len
     if extended:
         evaluator = L.Trainer(  # its own: validating with `trainer` would close its loggers
             accelerator=cfg.trainer.accelerator,
@@ -58,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             enable_model_summary=False,
             enable_progress_bar=False,
         )
-        before = _bpb_by_context(evaluator, module, datamodule, _source_context(source))
+        before = _bpb_by_context(evaluator, module, datamodule, old_context)
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if cfg.finetune else source)
     # the training processes' step count (under ddp_spawn this process never stepped)
     steps = int(trainer.callback_metrics.get(FINAL_STEP_KEY, trainer.global_step))
@@ -75,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if extended:  # context extension: val bpb at the source's and the new context length
         summary["val_bpb_by_context"] = {
             "before": before,
-            "after": _bpb_by_context(evaluator, module, datamodule, _source_context(source)),
+            "after": _bpb_by_context(evaluator, module, datamodule, old_context),
         }
     return summary | {"seconds": round(time.perf_counter() - started, 1)}
 
@@ -83,10 +84,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _context_limit(callback: L.Callback) -> int:
     """The context a callback may grow the model to (adaptive expansion), else 0."""
     return getattr(callback, "max_seq_len", None) or 0
-
-
-def _source_context(path: str) -> int:
-    return load_model(path).config.max_seq_len
 
 
 def _bpb_by_context(

@@ -122,25 +122,19 @@ def student_config(teacher: ModelConfig, target_params: int) -> ModelConfig:
     """Half the teacher's layers (at least one) and the widest d_model, an even number of the
     teacher's heads wide, whose parameter count is at most ``target_params``."""
     layers = max(1, teacher.n_layers // 2)
-    best = None
-    for heads in range(2, teacher.n_heads + 1, 2):
-        width = heads * teacher.head_dim
-        candidate = dataclasses.replace(
-            teacher, n_layers=layers, d_model=width, n_heads=heads, d_ff=4 * width
-        )
-        if parameter_count(candidate) > target_params:
-            break
-        best = candidate
-    if best is None:
-        smallest = dataclasses.replace(
-            teacher, n_layers=1, d_model=2 * teacher.head_dim, n_heads=2, d_ff=8 * teacher.head_dim
-        )
+    widths = [(h, h * teacher.head_dim) for h in range(2, max(2, teacher.n_heads) + 1, 2)]
+    candidates = [
+        dataclasses.replace(teacher, n_layers=layers, d_model=d, n_heads=h, d_ff=4 * d)
+        for h, d in widths
+    ]
+    fitting = [c for c in candidates if parameter_count(c) <= target_params]
+    if not fitting:
         raise BitLMError(
-            f"target_params={target_params} is below the smallest student of this teacher's "
-            f"family ({parameter_count(smallest)} parameters: 1 layer, 2 heads of "
+            f"target_params={target_params} is below the smallest student of this teacher "
+            f"({parameter_count(candidates[0])} parameters: {layers} layer(s), 2 heads of "
             f"{teacher.head_dim})"
         )
-    return best
+    return fitting[-1]
 
 
 def parameter_count(config: ModelConfig) -> int:

@@ -89,6 +89,18 @@ def assert_group_ended(pgid: int, grace: float = 10.0) -> None:
     pytest.fail(f"processes of group {pgid} were still running after the command ended")
 
 
+def assert_user_error(result, *fragments: str) -> None:
+    """A command failed as the CLI contract says: status 2, one `error:` line naming
+    ``fragments``, no traceback, nothing on stdout."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in last, last
+    assert result.stdout.strip() == ""
+
+
 def quiet_trainer(**kwargs):
     """A CPU ``L.Trainer`` with no logger, checkpoints, progress bar or summary unless given."""
     import lightning as L

@@ -8,17 +8,7 @@ import pytest
 import torch
 
 from bitlm.bits import bits_to_bytes, bytes_to_bits
-from tests.conftest import ENGLISH, TINY_TRAIN
-
-
-def assert_user_error(result, *fragments: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ")
-    for fragment in fragments:
-        assert fragment in last, last
-    assert result.stdout.strip() == ""
+from tests.conftest import ENGLISH, TINY_TRAIN, assert_user_error
 
 
 def test_train_writes_checkpoint_export_and_summary(trained_run):

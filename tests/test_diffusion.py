@@ -29,7 +29,7 @@ from bitlm.model.config import NOISE_SCHEDULES
 from bitlm.model.transformer import MASK
 from bitlm.safety import safe_sample_with_retry
 from bitlm.sampling import sample
-from tests.conftest import ENGLISH, TINY_TRAIN, quiet_trainer
+from tests.conftest import ENGLISH, TINY_TRAIN, assert_user_error, quiet_trainer
 
 TINY = dict(d_model=32, n_heads=2, n_layers=2, max_seq_len=288)
 TRUNKS = ["flat", "hierarchical"]
@@ -440,7 +440,6 @@ def test_eval_of_a_diffusion_model_reports_the_bound_and_denoising(
 
 
 def test_generate_refuses_diffusion_mode_for_a_causal_model(trained_run, run_cli, tmp_path):
-    from tests.test_cli import assert_user_error
 
     run_dir, _ = trained_run
     model = f"ckpt_path={run_dir / 'model'}"
@@ -451,7 +450,6 @@ def test_generate_refuses_diffusion_mode_for_a_causal_model(trained_run, run_cli
 
 
 def test_eval_refuses_bad_noise_levels(tmp_path, run_cli):
-    from tests.test_cli import assert_user_error
 
     folder = tmp_path / "model"
     save_pretrained(diffusion_model(), folder)

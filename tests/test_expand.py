@@ -23,7 +23,7 @@ from bitlm.lit.module import BitLMModule, growth_lr_factor
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import carry_optimizer_state, grow_to
-from tests.conftest import TINY_TRAIN, quiet_trainer
+from tests.conftest import TINY_TRAIN, assert_user_error, quiet_trainer
 from tests.test_configs import _compose
 
 BASE = ModelConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=72)
@@ -271,7 +271,5 @@ def test_finetune_needs_a_model_and_a_growable_architecture(run_cli, trained_run
         "model.trunk=flat",  # trained hierarchical
         cwd=tmp_path,
     )
-    for result, message in ((missing, "finetune=true starts from ckpt_path"), (other, "trunk")):
-        assert result.returncode == 2
-        last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith("error:") and message in last
+    assert_user_error(missing, "finetune=true starts from ckpt_path")
+    assert_user_error(other, "trunk: 'hierarchical' → 'flat'")

@@ -16,6 +16,7 @@ from bitlm.bits import FRAME_BITS
 from bitlm.cli.app import hydra_app
 from bitlm.errors import BitLMError
 from bitlm.hub import load_model
+from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
 from bitlm.lit.module import FINAL_STEP_KEY
 
 
@@ -83,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _context_limit(callback: L.Callback) -> int:
     """The context a callback may grow the model to (adaptive expansion), else 0."""
-    return getattr(callback, "max_seq_len", None) or 0
+    return (isinstance(callback, AdaptiveExpansion) and callback.context_limit) or 0
 
 
 def _bpb_by_context(

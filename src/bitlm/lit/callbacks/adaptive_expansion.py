@@ -83,6 +83,12 @@ class AdaptiveExpansion(L.Callback):
         self.wait = 0
         self.turn = 0  # index into order of the next kind to try
 
+    @property
+    def context_limit(self) -> int | None:
+        """The longest context (bits) this callback may grow the model to; None: it does not
+        grow the context."""
+        return self.max_seq_len if "context" in self.order else None
+
     def next_config(self, config: ModelConfig) -> ModelConfig | None:
         """The architecture of the next growth from ``config``, or None at every limit; advances
         the turn past the kinds it skipped and the one it picked."""
@@ -104,8 +110,7 @@ class AdaptiveExpansion(L.Callback):
                 return None
             d_ff = c.d_ff * width // c.d_model
             return dataclasses.replace(c, d_model=width, n_heads=width // c.head_dim, d_ff=d_ff)
-        limit = self.max_seq_len or c.max_seq_len
-        context = min(limit, c.max_seq_len * self.context_factor)
+        context = min(self.context_limit or c.max_seq_len, c.max_seq_len * self.context_factor)
         return dataclasses.replace(c, max_seq_len=context) if context > c.max_seq_len else None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -122,11 +127,11 @@ class AdaptiveExpansion(L.Callback):
                 "depth from callbacks.adaptive_expansion.order"
             )
         seq_len = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("seq_len")
-        growing_context = "context" in self.order and self.max_seq_len
-        if growing_context and seq_len is not None and seq_len < self.max_seq_len:
+        limit = self.context_limit
+        if limit and seq_len is not None and seq_len < limit:
             raise BitLMError(
-                f"adaptive expansion may grow the context to {self.max_seq_len} bits, but the "
-                f"data windows hold {seq_len}: set data.seq_len={self.max_seq_len}"
+                f"adaptive expansion may grow the context to {limit} bits, but the "
+                f"data windows hold {seq_len}: set data.seq_len={limit}"
             )
         self._log_architecture(trainer, pl_module)
 

@@ -167,7 +167,7 @@ def test_callback_state_survives_a_checkpoint(tmp_path):
     assert restored.state_dict() == callback.state_dict()
     assert restored.fired == 2 and restored.gate.steps == 5
     # the drift at step 3 (0.2 against 1.0 three steps before) restarted the window
-    assert list(restored.history["telemetry/C"]) == pytest.approx([0.2, 1])
+    assert list(restored.drift.history["telemetry/C"]) == pytest.approx([0.2, 1])
 
 
 def test_gate_without_telemetry_says_what_to_do(tmp_path):

@@ -48,7 +48,7 @@ def test_quantized_export_loads_evaluates_and_is_smaller(tmp_path, scheme):
     model = build_model(ModelConfig(**TINY, trunk="hierarchical")).eval()
     save_pretrained(model, tmp_path / "float")
     quantized = quantize(load_model(tmp_path / "float"), scheme)
-    save_pretrained(quantized, tmp_path / scheme, quantization=scheme)
+    save_pretrained(quantized, tmp_path / scheme)
     loaded = load_model(tmp_path / scheme)
     bits = torch.randint(0, 2, (2, 288), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_quantized_export_loads_evaluates_and_is_smaller(tmp_path, scheme):
 
 def test_quantized_folder_without_its_weights_or_with_an_unknown_scheme_is_refused(tmp_path):
     model = build_model(ModelConfig(**TINY))
-    save_pretrained(quantize(model, "int8"), tmp_path / "q", quantization="int8")
+    save_pretrained(quantize(model, "int8"), tmp_path / "q")
     (tmp_path / "q" / "model.pt").unlink()
     with pytest.raises(BitLMError, match=r"model\.pt is missing"):
         load_model(tmp_path / "q")

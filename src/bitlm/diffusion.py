@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bitlm.bits import DATA_BITS, FRAME_BITS, bytes_to_bits
-from bitlm.errors import BitLMError
+from bitlm.errors import BitLMError, check_deadline
 from bitlm.model.transformer import MASK, TransformerLM, evaluating
 
 EXP_RATE = 5.0
@@ -209,16 +209,19 @@ def denoise(
     remask: bool = False,
     choice_temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    deadline: float | None = None,
 ) -> tuple[Tensor, int]:
     """Fill the MASK positions of symbols (B, L) in ``steps`` model passes (module docstring);
     returns the bits (B, L) long, parity-repaired, and the number of frames repaired. Frames
-    must be either wholly given or wholly masked."""
+    must be either wholly given or wholly masked. ``deadline``: ``check_deadline`` before each
+    pass."""
     x = symbols.long().clone()
     free = x == MASK
     masked = free.clone()
     confidence = torch.full(x.shape, math.inf, device=x.device)
     n_free = free.sum(1)
     for k in range(steps, 0, -1):
+        check_deadline(deadline)
         logits, _ = model(x, causal=False)
         p_one = _bit_probability(logits, temperature)
         if temperature == 0:
@@ -273,10 +276,12 @@ def diffusion_generate(
     remask: bool = False,
     choice_temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    deadline: float | None = None,
 ) -> Sample:
     """Sample ``max_new_bytes`` bytes after ``prompt`` (and before ``suffix``: infilling) with a
     diffusion model in ``steps`` denoising passes per window; ``schedule`` defaults to the one
-    the model was trained with. Deterministic for a given generator state.
+    the model was trained with. Deterministic for a given generator state. ``deadline``: raise
+    ``TimeLimitExceeded`` once ``time.monotonic()`` passes it (checked before every pass).
 
     The prompt, the new bytes and the suffix share the model's window (``max_seq_len / 9``
     bytes): the prompt keeps its last bytes that fit. Without a suffix, text longer than the
@@ -310,7 +315,15 @@ def diffusion_generate(
             gap = torch.full((block * FRAME_BITS,), MASK, device=device, dtype=torch.long)
             symbols = torch.cat((context, gap, tail))[None]
             filled, n = denoise(
-                model, symbols, steps, schedule, temperature, remask, choice_temperature, generator
+                model,
+                symbols,
+                steps,
+                schedule,
+                temperature,
+                remask,
+                choice_temperature,
+                generator,
+                deadline,
             )
             new = filled[0, len(context) : len(context) + len(gap)].to(torch.uint8)
             frames.append(new)

@@ -1,18 +1,29 @@
-"""Saving and loading trained models: the exported folder format, and Lightning checkpoints.
+"""Saving, loading and sharing trained models: the exported folder format, Lightning
+checkpoints, and the Hugging Face Hub.
 
-An exported model is a folder with ``config.json`` (the ``ModelConfig`` plus a format tag) and
-``model.safetensors`` (the weights), the layout the Hugging Face Hub expects. ``load_model``
-also reads a Lightning ``.ckpt`` written by ``bitlm-train`` so every command takes either.
+An exported model is a folder in the layout the Hub expects, written by the model classes'
+``PyTorchModelHubMixin`` (``bitlm.model.pretrained``): ``config.json`` (the ``ModelConfig``
+plus a format tag), ``model.safetensors`` (the weights) and ``README.md`` (a model card with
+the architecture and the bpb and K/C/S telemetry it was exported with). ``load_model`` also
+reads a Lightning ``.ckpt`` written by ``bitlm-train``, and ``hf://owner/name[@revision]``
+(downloaded from the Hub), so every command takes any of them. ``push_to_hub`` uploads a
+folder with the token from ``HF_TOKEN``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
+import shutil
+import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 from safetensors.torch import load_file, save
 
@@ -24,45 +35,71 @@ from bitlm.model.config import ModelConfig
 FORMAT = "bitlm/v1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-QUANTIZED_WEIGHTS_NAME = "model.pt"  # torchao tensors (bitlm.quantize); see save_pretrained
+QUANTIZED_WEIGHTS_NAME = "model.pt"  # torchao tensors (bitlm.quantize); see write_weights
+CARD_NAME = "README.md"
 DISTRIBUTED_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
 LIGHTNING_METADATA = "meta.pt"  # what Lightning saves beside them: hyper-parameters, loops
+HUB_PREFIX = "hf://"
+# what a download takes from a repository: the model, its card, a distilled model's metrics
+HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, QUANTIZED_WEIGHTS_NAME, CARD_NAME, "*.json"]
 
 
 def save_pretrained(
     model: torch.nn.Module,
     directory: str | Path,
     state_dict: Mapping[str, torch.Tensor] | None = None,
-    quantization: str | None = None,
+    *,
+    metrics: Mapping[str, float] | None = None,
     extra_files: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``directory/{config.json,model.safetensors}`` without ever exposing a partial model.
+    """Write ``directory/{config.json,model.safetensors,README.md}`` without ever exposing a
+    partial model.
 
     ``state_dict``: the weights to write, when ``model.state_dict()`` does not hold them whole
-    (a sharded model's gathered state); by default the model's own.
-    ``quantization``: the ``bitlm.quantize`` scheme ``model`` was quantized with. Its torchao
-    weight tensors (int8 / int4 values with their scales) are not plain tensors, which
-    safetensors cannot hold: they go to ``model.pt`` (``torch.save``; loaded with
-    ``weights_only=True``, which torchao's tensor types support), and config.json names the
-    scheme so that ``load_model`` rebuilds the same layers.
-    ``extra_files``: {file name: text} written beside them (a distilled model's metrics.json).
-    The files are written into a temporary sibling folder that replaces ``directory`` only once
-    complete (``bitlm.files.staged_dir``): a crash leaves the old complete model or the new one.
+    (a sharded, compiled or fake-quantized model's gathered state): they are written from a
+    plain model of the same config. A model quantized by ``bitlm.quantize`` is written as it
+    is (``write_weights``). ``metrics``: the numbers the model card reports (``val/bpb``,
+    ``val/K`` …). ``extra_files``: {file name: text} written beside them (a distilled model's
+    metrics.json). The files are written into a temporary sibling folder that replaces
+    ``directory`` only once complete (``bitlm.files.staged_dir``): a crash leaves the old
+    complete model or the new one.
     """
     directory = Path(directory)
-    state_dict = model.state_dict() if state_dict is None else state_dict
+    if state_dict is not None:
+        model = _with_state(build_model(model.config), state_dict, directory)
     with staged_dir(directory) as staging:
-        config = {"format": FORMAT, "model": model.config.to_dict()}
-        if quantization is not None:
-            config["quantization"] = quantization
-        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        if quantization is not None:
-            torch.save(dict(state_dict), staging / QUANTIZED_WEIGHTS_NAME)
-        else:
-            (staging / WEIGHTS_NAME).write_bytes(serialized_weights(state_dict))
+        model.save_pretrained(staging, config=config_json(model, metrics))
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
     return directory
+
+
+def config_json(model: torch.nn.Module, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``config.json``: the format tag, the ``ModelConfig``, the
+    ``bitlm.quantize`` scheme of a quantized model (``model.quantization``) and the metrics
+    measured at export (finite numbers only; the model card shows them, a server reports them).
+    """
+    config: dict[str, Any] = {"format": FORMAT, "model": model.config.to_dict()}
+    scheme = getattr(model, "quantization", None)
+    if scheme is not None:
+        config["quantization"] = scheme
+    numbers = _finite(metrics or {})
+    if numbers:
+        config["metrics"] = numbers
+    return config
+
+
+def write_weights(
+    state_dict: Mapping[str, torch.Tensor], directory: Path, quantization: str | None = None
+) -> None:
+    """``directory/model.safetensors``; for a quantized model ``model.pt`` instead: torchao's
+    int8 / int4 weight tensors (values with their scales) are not plain tensors, which
+    safetensors cannot hold, so they are saved with ``torch.save`` and loaded with
+    ``weights_only=True`` (which torchao's tensor types support)."""
+    if quantization is not None:
+        torch.save(dict(state_dict), directory / QUANTIZED_WEIGHTS_NAME)
+    else:
+        (directory / WEIGHTS_NAME).write_bytes(serialized_weights(state_dict))
 
 
 def serialized_weights(state_dict: Mapping[str, torch.Tensor]) -> bytes:
@@ -71,24 +108,157 @@ def serialized_weights(state_dict: Mapping[str, torch.Tensor]) -> bytes:
     return save(state, metadata={"format": FORMAT})
 
 
+def card_metrics(metrics: Mapping[str, float]) -> dict[str, str]:
+    """``metrics`` as the model card prints them: 4 significant digits, sorted by name."""
+    return {name: f"{value:.4g}" for name, value in sorted(metrics.items())}
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of ``metrics`` (floats, ints or one-element tensors) as floats."""
+    numbers = {k: float(v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+    return {k: v for k, v in numbers.items() if math.isfinite(v)}
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a model (bit or byte-level, per its config) from an exported folder (quantized or
-    not) or a ``bitlm-train`` Lightning checkpoint: a ``.ckpt`` file, or the ``.ckpt`` folder of
-    sharded state that ``trainer=fsdp`` writes (read whole into this one process).
+    not), a Hub repository ``hf://owner/name[@revision]``, or a ``bitlm-train`` Lightning
+    checkpoint: a ``.ckpt`` file, or the ``.ckpt`` folder of sharded state that
+    ``trainer=fsdp`` writes (read whole into this one process). Loading is strict.
 
-    Raises ``BitLMError`` with a one-line reason for a missing, unreadable or foreign file.
+    Raises ``BitLMError`` with a one-line reason for a missing, unreadable or foreign file, or a
+    Hub that cannot be reached.
     """
+    if str(path).startswith(HUB_PREFIX):
+        repo_id, _, revision = str(path)[len(HUB_PREFIX) :].partition("@")
+        path = snapshot(repo_id, revision=revision or None)
     path = Path(path).expanduser()
     if not path.exists():
         raise BitLMError(f"checkpoint not found: {path}")
     if (path / DISTRIBUTED_METADATA).is_file():
         model = _read_distributed_checkpoint(path)
     elif path.is_dir():
-        model = _read_folder(path)
+        model = read_folder(path)
     else:
         config, state = _read_lightning_checkpoint(path)
         model = _with_state(build_model(config), state, path)
     return model.to(map_location).eval()
+
+
+def read_folder(path: str | Path, strict: bool = True) -> torch.nn.Module:
+    """The model in an exported folder, of the class its config names; ``strict``: a missing
+    or unexpected weight is an error (``BitLMError`` naming them), not a random layer."""
+    path = Path(path)
+    meta = read_config(path)
+    model = build_model(ModelConfig.from_dict(meta["model"]))
+    scheme = meta.get("quantization")
+    weights_file = path / (WEIGHTS_NAME if scheme is None else QUANTIZED_WEIGHTS_NAME)
+    if not weights_file.is_file():
+        raise BitLMError(f"{path} is not an exported bitlm model: {weights_file.name} is missing")
+    if scheme is not None:
+        from bitlm.quantize import quantize
+
+        quantize(model, scheme)  # the layers the saved quantized weights belong to
+    try:
+        if scheme is None:
+            state = load_file(weights_file)
+        else:
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors, pickle and OS errors all mean "unreadable"
+        raise BitLMError(f"could not read model folder {path}: {_reason(err)}") from err
+    return _with_state(model, state, path, assign=scheme is not None, strict=strict)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The content of an exported folder's ``config.json`` (``config_json``), checked."""
+    config_file = Path(path) / CONFIG_NAME
+    if not config_file.is_file():
+        raise BitLMError(f"{path} is not an exported bitlm model: {CONFIG_NAME} is missing")
+    try:
+        meta = json.loads(config_file.read_text())
+    except (OSError, ValueError) as err:
+        raise BitLMError(f"could not read model folder {path}: {_reason(err)}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
+        raise BitLMError(f"{config_file} is not a bitlm config (expected format {FORMAT!r})")
+    return meta
+
+
+def snapshot(model_id: str | Path, **download: Any) -> Path:
+    """A local folder holding the model ``model_id``: itself when it is a folder, else the Hub
+    repository ``owner/name`` downloaded (``huggingface_hub.snapshot_download`` with
+    ``download``'s options: revision, cache, token) into the Hub cache."""
+    if Path(model_id).expanduser().is_dir():
+        return Path(model_id).expanduser()
+    with hub_errors(f"download {model_id}"):
+        return Path(
+            huggingface_hub.snapshot_download(str(model_id), allow_patterns=HUB_FILES, **download)
+        )
+
+
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload bitlm model",
+) -> str:
+    """Upload an exported model folder to the Hub repository ``repo_id`` (created if needed)
+    in one commit, its model card naming the repository; returns the commit's URL.
+
+    ``token``: default the ``HF_TOKEN`` environment variable (or a cached ``hf auth login``).
+    ``BitLMError`` when the folder is no exported model or the Hub cannot be reached or refuses.
+    """
+    model = read_folder(folder)  # refuse to publish something that does not load
+    meta = read_config(folder)
+    token = token or os.environ.get("HF_TOKEN") or None
+    with hub_errors(f"push {folder} to {repo_id}"), tempfile.TemporaryDirectory() as tmp:
+        upload = Path(tmp) / "model"
+        shutil.copytree(folder, upload)
+        model.generate_model_card(**model.card_kwargs(meta, repo_id)).save(upload / CARD_NAME)
+        api = huggingface_hub.HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=upload, commit_message=commit_message
+        )
+        return str(commit)  # CommitInfo: the commit's URL
+
+
+@contextlib.contextmanager
+def hub_errors(action: str) -> Iterator[None]:
+    """Turn a Hub failure inside the block (offline mode, no network, unknown repository, no
+    access, a malformed repository id) into one ``BitLMError`` line saying what to do."""
+    try:
+        yield
+    except Exception as err:
+        if not _is_hub_failure(err):
+            raise
+        raise BitLMError(f"could not {action}: {_hub_reason(err)}") from err
+
+
+def _is_hub_failure(err: Exception) -> bool:
+    """Raised by huggingface_hub or its HTTP client, or a network error."""
+    module = type(err).__module__.split(".")[0]
+    return module in ("huggingface_hub", "httpx", "httpx2", "requests", "urllib3") or isinstance(
+        err, (ConnectionError, TimeoutError)
+    )
+
+
+def _hub_reason(err: Exception) -> str:
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set, so the Hugging Face Hub is not contacted (unset it)"
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status in (401, 403):
+        return f"the Hub refused access ({status}): set HF_TOKEN to a token with write access"
+    if isinstance(err, huggingface_hub.errors.RepositoryNotFoundError):
+        return "no such repository on the Hub (or it is private: set HF_TOKEN)"
+    if isinstance(err, (huggingface_hub.errors.HFValidationError, ValueError)):
+        return f"{_reason(err)} (a repository id is owner/name)"
+    if status is None:
+        return (
+            f"the Hugging Face Hub ({huggingface_hub.constants.ENDPOINT}) cannot be reached: "
+            f"check the network ({_reason(err)})"
+        )
+    return _reason(err)
 
 
 def stored_size(path: str | Path) -> int:
@@ -112,45 +282,36 @@ def quantization_of(path: str | Path) -> str | None:
 
 
 def _with_state(
-    model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, assign: bool = False
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: Path,
+    assign: bool = False,
+    strict: bool = True,
 ) -> torch.nn.Module:
-    """``model`` with ``state`` loaded strictly (``assign``: take the saved tensors themselves,
-    needed when their type differs from the model's, as quantized weights' does)."""
+    """``model`` with ``state`` loaded (``assign``: take the saved tensors themselves, needed
+    when their type differs from the model's, as quantized weights' does). ``strict``: weights
+    the model lacks or has beyond ``state`` are an error naming them."""
+    expected, given = set(model.state_dict()), set(state)
+    problems = [
+        f"{kind} weights {_names(keys)}"
+        for kind, keys in (("missing", expected - given), ("unexpected", given - expected))
+        if keys
+    ]
+    if strict and problems:
+        raise BitLMError(f"checkpoint {path} does not match its config: {'; '.join(problems)}")
     try:
-        model.load_state_dict(state, assign=assign)
-    except RuntimeError as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise BitLMError(f"checkpoint {path} does not match its config: {first_line}") from err
+        model.load_state_dict(state, assign=assign, strict=strict)
+    except RuntimeError as err:  # shapes that differ from the config's
+        lines = [line.strip() for line in str(err).strip().splitlines()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise BitLMError(f"checkpoint {path} does not match its config: {detail}") from err
     return model
 
 
-def _read_folder(path: Path) -> torch.nn.Module:
-    config_file = path / CONFIG_NAME
-    if not config_file.is_file():
-        raise BitLMError(f"{path} is not an exported bitlm model: {CONFIG_NAME} is missing")
-    try:
-        meta = json.loads(config_file.read_text())
-    except (OSError, ValueError) as err:
-        raise BitLMError(f"could not read model folder {path}: {_reason(err)}") from err
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BitLMError(f"{config_file} is not a bitlm config (expected format {FORMAT!r})")
-    model = build_model(ModelConfig.from_dict(meta["model"]))
-    scheme = meta.get("quantization")
-    weights_file = path / (WEIGHTS_NAME if scheme is None else QUANTIZED_WEIGHTS_NAME)
-    if not weights_file.is_file():
-        raise BitLMError(f"{path} is not an exported bitlm model: {weights_file.name} is missing")
-    if scheme is not None:
-        from bitlm.quantize import quantize
-
-        quantize(model, scheme)  # the layers the saved quantized weights belong to
-    try:
-        if scheme is None:
-            state = load_file(weights_file)
-        else:
-            state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except Exception as err:  # safetensors, pickle and OS errors all mean "unreadable"
-        raise BitLMError(f"could not read model folder {path}: {_reason(err)}") from err
-    return _with_state(model, state, path, assign=scheme is not None)
+def _names(keys: set[str], shown: int = 3) -> str:
+    names = sorted(keys)
+    more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _read_lightning_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

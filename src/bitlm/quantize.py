@@ -40,12 +40,14 @@ def prepare_qat(model: nn.Module) -> None:
 
 
 def quantize(model: nn.Module, scheme: str) -> nn.Module:
-    """Quantize ``model``'s linear layers in place with ``scheme`` and return it (eval mode).
+    """Quantize ``model``'s linear layers in place with ``scheme`` and return it (eval mode),
+    recording the scheme as ``model.quantization`` (what ``bitlm.hub`` saves it under).
     ``model`` must be an ordinary float model (build it from the exported weights)."""
     if scheme not in SCHEMES:
         raise BitLMError(f"quantization scheme must be one of {list(SCHEMES)}, got {scheme!r}")
     torchao = _torchao()
     torchao.quantization.quantize_(model, _base_config(scheme), filter_fn=_quantizable)
+    model.quantization = scheme
     return model.eval()
 
 

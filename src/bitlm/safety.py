@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,38 @@ class SafetyGate:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+class DriftWatch:
+    """Drift of monitored metrics: a value that moved by more than ``threshold`` from the one
+    ``window`` observations earlier (the original's dashboard rule: 0.2 over 10 steps). After a
+    drift the metric's window starts afresh, so one shift is reported once. Plain state:
+    ``history`` (name → recent values) round-trips through ``state_dict``."""
+
+    def __init__(self, threshold: float = 0.2, window: int = 10) -> None:
+        if window < 1:
+            raise BitLMError(f"drift window must be >= 1, got {window}")
+        self.threshold = threshold
+        self.window = window
+        self.history: dict[str, deque[float]] = {}
+
+    def update(self, name: str, value: float) -> float | None:
+        """Record ``name``'s newest value; the change over the window when it drifted."""
+        history = self.history.setdefault(name, deque(maxlen=self.window + 1))
+        history.append(value)
+        change = value - history[0]
+        if len(history) == history.maxlen and abs(change) > self.threshold:
+            history.clear()
+            history.append(value)
+            return change
+        return None
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {name: list(values) for name, values in self.history.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        for name, values in state.items():
+            self.history[name] = deque(values, maxlen=self.window + 1)
 
 
 def judge(

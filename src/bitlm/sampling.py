@@ -34,12 +34,14 @@ def sample(
     remask: bool = False,
     choice_temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    deadline: float | None = None,
 ) -> Sample:
     """Up to ``max_new_bytes`` new bytes after ``prompt`` (and before ``suffix``, diffusion
     only); ``mode`` defaults to the model's own. Causal options: ``top_p``, ``kv_cache``;
     diffusion options: ``diffusion_steps``, ``schedule``, ``remask``,
     ``choice_temperature``. Both stop early at
-    ``stop`` (for diffusion: the bytes from its first occurrence on are dropped)."""
+    ``stop`` (for diffusion: the bytes from its first occurrence on are dropped), and raise
+    ``TimeLimitExceeded`` once ``time.monotonic()`` passes ``deadline``."""
     mode = sampling_mode(model, mode)
     if mode == "causal":
         if suffix:
@@ -53,6 +55,7 @@ def sample(
             stop=stop,
             generator=generator,
             kv_cache=kv_cache,
+            deadline=deadline,
         )
         return Sample(bits, 0)
     if top_p != 1.0:
@@ -68,6 +71,7 @@ def sample(
         remask=remask,
         choice_temperature=choice_temperature,
         generator=generator,
+        deadline=deadline,
     )
     return Sample(_cut_at(result.bits, stop), result.parity_repairs)
 

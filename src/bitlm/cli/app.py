@@ -42,20 +42,23 @@ def config_dir() -> Path:
     return bundled if bundled.is_dir() else package.parents[1] / "configs"
 
 
-def hydra_app(config_name: str, task: Task) -> Callable[[], None]:
-    """Turn ``task(cfg) -> dict`` into a console-script ``main`` honouring the contract."""
+def hydra_app(config_name: str, task: Task, json_output: bool = True) -> Callable[[], None]:
+    """Turn ``task(cfg) -> dict`` into a console-script ``main`` honouring the contract.
+    ``json_output=False``: stdout is the task's own (``bitlm-mcp`` speaks MCP on it), and the
+    task's result is not printed."""
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def run(cfg: DictConfig) -> float | None:
+        stdout = contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext()
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON line
+            with stdout:  # keep stdout for the JSON line
                 result = task(cfg)
         except Exception as err:
             user_error = _user_error(err)
             if user_error is None:
                 raise
             fail(_one_line(user_error))
-        if rank_zero_only.rank == 0:  # other ranks of a distributed run end silently
+        if json_output and rank_zero_only.rank == 0:  # other ranks end silently
             print(json.dumps(result, ensure_ascii=False), flush=True)
         return objective(cfg, result)
 
@@ -122,6 +125,18 @@ def fail(message: str) -> None:
 def _one_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return " ".join(lines[:2]) if lines else type(err).__name__
+
+
+@contextlib.contextmanager
+def optional_dependencies(command: str, extra: str):
+    """Imports inside the block that fail because an optional dependency is missing become one
+    ``BitLMError`` naming the pip extra that provides it."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        raise BitLMError(
+            f"{command} needs {err.name}, which is not installed: pip install 'bitlm[{extra}]'"
+        ) from err
 
 
 def pick_device(name: str) -> torch.device:

@@ -7,25 +7,21 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from bitlm.bits import decode_bits
 from bitlm.cli.app import hydra_app, pick_device
 from bitlm.errors import BitLMError
 from bitlm.hub import load_model
+from bitlm.inference import generate_text
 from bitlm.model import BitModel
-from bitlm.safety import safe_sample_with_retry
-from bitlm.sampling import sample, sampling_mode
+from bitlm.sampling import sampling_mode
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
-    """Sample, then decode leniently and *count* parity failures (0 by construction: causal
-    sampling computes parity bits, diffusion sampling repairs them) so the claim is measured on
-    every call."""
+    """Sample (``bitlm.inference.generate_text``), gated by the safety settings if enabled."""
     _check_sampling(cfg)
     device = pick_device(cfg.device)
-    model = _bit_model(cfg.ckpt_path, device)
-    mode = sampling_mode(model, cfg.mode)
+    model = bit_model(cfg.ckpt_path, device)
     options = {
-        "mode": mode,
+        "mode": sampling_mode(model, cfg.mode),
         "suffix": (cfg.suffix or "").encode(),
         "top_p": cfg.top_p,
         "stop": cfg.stop.encode() if cfg.stop else None,
@@ -35,52 +31,32 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         "remask": cfg.remask,
         "choice_temperature": cfg.choice_temperature,
     }
-    prompt = (cfg.prompt or "").encode()
-    report: dict[str, Any] = {"mode": mode}
+    safety, fallback = None, None
     if cfg.safety.enabled:
         safety = dict(cfg.safety)
         del safety["enabled"]
         fallback = safety.pop("diffusion_model")
         if fallback is not None:
-            fallback = _bit_model(fallback, device)
-        result = safe_sample_with_retry(
-            model,
-            prompt,
-            cfg.max_new_bytes,
-            seed=cfg.seed,
-            temperature=cfg.temperature,
-            fallback=fallback,
-            **safety,
-            **options,
-        )
-        bits, repairs = result["bits"], result["parity_repairs"]
-        report |= {k: result[k] for k in ("attempts", "mode", "telemetry")}
-    else:
-        generator = torch.Generator(model.head.weight.device).manual_seed(cfg.seed)
-        bits, repairs = sample(
-            model,
-            prompt,
-            cfg.max_new_bytes,
-            temperature=cfg.temperature,
-            generator=generator,
-            **options,
-        )
-    data, parity_errors = decode_bits(bits.cpu(), errors="replace")
-    return {
-        "text": data.decode("utf-8", errors="replace"),
-        "bytes": len(data),
-        "parity_errors": parity_errors,
-        "parity_repairs": repairs,
-        **report,
-    }
+            fallback = bit_model(fallback, device)
+    return generate_text(
+        model,
+        (cfg.prompt or "").encode(),
+        cfg.max_new_bytes,
+        seed=cfg.seed,
+        temperature=cfg.temperature,
+        safety=safety,
+        fallback=fallback,
+        **options,
+    )
 
 
-def _bit_model(path: str, device: torch.device) -> BitModel:
+def bit_model(path: str, device: torch.device) -> BitModel:
+    """The bit model at ``path`` (what generating commands serve); refuses the byte baseline."""
     model = load_model(path, device)
     if not isinstance(model, BitModel):
         raise BitLMError(
-            f"{path} is a model.unit={model.config.unit} model; bitlm-generate samples bit "
-            "models (the byte-level baseline is for training and bitlm-eval comparisons)"
+            f"{path} is a model.unit={model.config.unit} model; only bit models generate "
+            "text (the byte-level baseline is for training and bitlm-eval comparisons)"
         )
     return model
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from bitlm.bits import DATA_BITS, FRAME_BITS, bits_to_bytes, bytes_to_bits, decode_bits
+from bitlm.errors import check_deadline
 from bitlm.model import BitModel
 from bitlm.model.attention import KVCache
 from bitlm.model.hierarchical import HierarchicalBitLM, parity_logits
@@ -146,12 +147,14 @@ def generate_bits(
     stop: bytes | None = None,
     generator: torch.Generator | None = None,
     kv_cache: bool = True,
+    deadline: float | None = None,
 ) -> Tensor:
     """Continue ``prompt`` by up to ``max_new_bytes`` frames; returns the new bits (9·n,) uint8.
 
     Stops early once the decoded output ends with ``stop`` (whose frames are then dropped). An
     empty prompt starts from the START symbol alone. ``kv_cache=False`` recomputes the whole
-    context for every bit (slow; the reference for ``bitlm-bench generate``).
+    context for every bit (slow; the reference for ``bitlm-bench generate``). ``deadline``
+    (``time.monotonic()`` value): raise ``TimeLimitExceeded`` once past it (checked per byte).
     """
     frames: list[Tensor] = []
     text = bytearray()
@@ -159,6 +162,7 @@ def generate_bits(
         device = model.head.weight.device
         decoder = _decoder(model, bytes_to_bits(prompt).to(device)[None], kv_cache)  # (1, 9·len)
         for _ in range(max_new_bytes):
+            check_deadline(deadline)
             frames.append(_next_frame(decoder, temperature, top_p, generator))
             text += decode_bits(frames[-1], errors="repair")[0]
             if stop and text.endswith(stop):

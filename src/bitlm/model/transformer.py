@@ -32,6 +32,7 @@ from bitlm.errors import BitLMError
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack, ReversibleStack
 from bitlm.model.config import ModelConfig
+from bitlm.model.pretrained import Pretrained
 from bitlm.objective import bit_cross_entropy
 
 MASK = 2
@@ -39,7 +40,7 @@ MASK = 2
 position in diffusion mode."""
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(nn.Module, Pretrained):
     """What the bit model and the byte-level baseline share after their own input embeddings:
     dropout → RoPE trunk (reversible or plain) → LayerNorm → linear head. A subclass builds its
     embeddings, then calls ``_build_trunk_and_head`` (which also initialises all weights)."""

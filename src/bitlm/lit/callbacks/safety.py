@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Any
 
 import lightning as L
 import torch
 
 from bitlm.errors import BitLMError
-from bitlm.safety import SafetyGate
+from bitlm.safety import DriftWatch, SafetyGate
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +54,14 @@ class SafetyGateCallback(L.Callback):
             raise BitLMError(f"safety action must be one of {ACTIONS}, got {action!r}")
         if not 0.0 < lr_factor <= 1.0:
             raise BitLMError(f"safety lr_factor must be in (0, 1], got {lr_factor}")
-        if snapshot_every_n_steps < 1 or drift_window < 1:
-            raise BitLMError("safety snapshot_every_n_steps and drift_window must be >= 1")
+        if snapshot_every_n_steps < 1:
+            raise BitLMError("safety snapshot_every_n_steps must be >= 1")
         self.action = action
         self.gate = SafetyGate(c_floor, s_floor, decay, burn_in)
         self.lr_factor = lr_factor
         self.snapshot_every_n_steps = snapshot_every_n_steps
-        self.drift_threshold = drift_threshold
+        self.drift = DriftWatch(drift_threshold, drift_window)
         self.drift_metrics = tuple(drift_metrics)
-        self.history = {name: deque(maxlen=drift_window + 1) for name in self.drift_metrics}
         self.drift_events = dict.fromkeys(self.drift_metrics, 0)
         self.fired = 0
         self.rollbacks = 0
@@ -105,16 +103,13 @@ class SafetyGateCallback(L.Callback):
 
     def _watch_drift(self, values: dict[str, float], step: int) -> None:
         for name, value in values.items():
-            history = self.history[name]
-            history.append(value)
-            if len(history) == history.maxlen and abs(value - history[0]) > self.drift_threshold:
+            change = self.drift.update(name, value)
+            if change is not None:
                 self.drift_events[name] += 1
                 log.warning(
-                    f"step {step}: {name} moved {value - history[0]:+.3f} over the last "
-                    f"{history.maxlen - 1} steps (drift threshold {self.drift_threshold})"
+                    f"step {step}: {name} moved {change:+.3f} over the last "
+                    f"{self.drift.window} steps (drift threshold {self.drift.threshold})"
                 )
-                history.clear()
-                history.append(value)
 
     def _act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fired += 1
@@ -140,7 +135,7 @@ class SafetyGateCallback(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "gate": self.gate.state_dict(),
-            "history": {name: list(values) for name, values in self.history.items()},
+            "history": self.drift.state_dict(),
             "drift_events": dict(self.drift_events),
             "fired": self.fired,
             "rollbacks": self.rollbacks,
@@ -148,9 +143,7 @@ class SafetyGateCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.gate.load_state_dict(state_dict["gate"])
-        for name, values in state_dict["history"].items():
-            self.history[name].clear()
-            self.history[name].extend(values)
+        self.drift.load_state_dict(state_dict["history"])
         self.drift_events.update(state_dict["drift_events"])
         self.fired = state_dict["fired"]
         self.rollbacks = state_dict["rollbacks"]

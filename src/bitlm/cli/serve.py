@@ -1,0 +1,69 @@
+"""bitlm-serve: the inference and control server (``bitlm.serve``) under uvicorn."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bitlm.cli.app import hydra_app, optional_dependencies, pick_device
+from bitlm.cli.generate import bit_model
+from bitlm.errors import BitLMError
+from bitlm.hub import read_config
+from bitlm.serve.state import Limits, Settings
+
+TOKEN_VARIABLE = "BITLM_TOKEN"
+
+
+def serve(cfg: DictConfig) -> dict[str, Any]:
+    """Load the model, build the app, serve until interrupted; report what was served."""
+    with optional_dependencies("bitlm-serve", "serve"):
+        import uvicorn
+    app = build_app(cfg)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    return app.state.server.status()
+
+
+def build_app(cfg: DictConfig):
+    """The app ``bitlm-serve`` runs for ``cfg`` (configs/serve.yaml)."""
+    with optional_dependencies("bitlm-serve", "serve"):
+        from bitlm.serve.app import create_app
+    settings = server_settings(cfg)
+    if cfg.ckpt_path is None:
+        return create_app(None, settings)
+    model = bit_model(cfg.ckpt_path, pick_device(cfg.device))
+    source = Path(cfg.ckpt_path)
+    metrics = read_config(source).get("metrics", {}) if source.is_dir() else {}
+    return create_app(model, settings, str(cfg.ckpt_path), metrics)
+
+
+def server_settings(cfg: DictConfig) -> Settings:
+    try:
+        limits = Limits(**OmegaConf.to_container(cfg.limits))
+    except TypeError as err:
+        raise BitLMError(f"limits: {err}") from err
+    if min(limits.max_prompt_bytes, limits.max_body_bytes, limits.max_concurrent) < 1:
+        raise BitLMError("limits.max_prompt_bytes, max_body_bytes, max_concurrent must be >= 1")
+    if limits.timeout_s <= 0 or limits.max_new_bytes < 0 or limits.max_queued < 0:
+        raise BitLMError("limits.timeout_s must be > 0, max_new_bytes and max_queued >= 0")
+    safety = None
+    if cfg.safety.enabled:
+        safety = {k: v for k, v in OmegaConf.to_container(cfg.safety).items() if k != "enabled"}
+    return Settings(
+        token=os.environ.get(TOKEN_VARIABLE) or None,
+        limits=limits,
+        safety=safety,
+        save_dir=Path(cfg.save_dir),
+        history=cfg.history,
+        drift_threshold=cfg.drift_threshold,
+        drift_window=cfg.drift_window,
+        drift_metrics=tuple(cfg.drift_metrics),
+    )
+
+
+main = hydra_app("serve", serve)
+
+if __name__ == "__main__":
+    main()

@@ -313,24 +313,23 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await _too_large(self.max_bytes)(scope, receive, send)
-        seen = 0
+        seen, refused = 0, False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _BodyTooLarge
+            if seen > self.max_bytes and not refused:
+                refused = True  # answer now; the app sees the client gone
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _BodyTooLarge:
-            await _too_large(self.max_bytes)(scope, receive, send)
+        async def unless_refused(message: Message) -> None:
+            if not refused:  # the app's own answer to a body it never got whole
+                await send(message)
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, counted, unless_refused)
 
 
 def _too_large(max_bytes: int) -> JSONResponse:

@@ -8,6 +8,7 @@ safety-gated unless ``safety.enabled=false``.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ def build_server(model: BitModel, settings: Settings):
     """The MCP server (``mcp``'s ``MCPServer``) with the three tools bound to ``model``."""
     with optional_dependencies("bitlm-mcp", "serve"):
         from mcp.server.mcpserver import MCPServer
+        from mcp.server.mcpserver.exceptions import ToolError
     limits = settings.limits
     server = MCPServer(
         "bitlm",
@@ -34,13 +36,26 @@ def build_server(model: BitModel, settings: Settings):
         "bits per byte (evaluate), and read its K/C/S telemetry on text (telemetry).",
     )
 
+    def tool(function):
+        """Register ``function`` as a tool whose ``BitLMError`` reaches the client as the
+        tool's error message (any other error is the SDK's generic one)."""
+
+        @functools.wraps(function)
+        def answered(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except BitLMError as err:
+                raise ToolError(str(err)) from err
+
+        return server.tool()(answered)
+
     def checked(text: str, what: str) -> bytes:
         data = text.encode()
         if len(data) > limits.max_prompt_bytes:
             raise BitLMError(f"{what} is {len(data)} bytes; at most {limits.max_prompt_bytes}")
         return data
 
-    @server.tool()
+    @tool
     def generate(
         prompt: str, max_new_bytes: int = 64, temperature: float = 0.8, seed: int = 0
     ) -> dict[str, Any]:
@@ -61,7 +76,7 @@ def build_server(model: BitModel, settings: Settings):
             deadline=time.monotonic() + limits.timeout_s,
         )
 
-    @server.tool()
+    @tool
     def evaluate(text: str) -> dict[str, Any]:
         """Bits per byte of the text under the model (lower = better predicted), beside what
         standard compressors achieve on it."""
@@ -74,7 +89,7 @@ def build_server(model: BitModel, settings: Settings):
             "references": compressor_references(data),
         }
 
-    @server.tool()
+    @tool
     def telemetry(text: str) -> dict[str, float]:
         """K (negentropy), C (LZ complexity) and S (symbiosis) of the model's predictions on
         the text, and the text's own K_data, C_data and exact LZ76 complexity C_lz76."""

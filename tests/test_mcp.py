@@ -1,0 +1,97 @@
+"""bitlm-mcp, driven as an MCP client drives it: a subprocess speaking the protocol on stdio."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import anyio
+import pytest
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from bitlm.hub import load_model
+from bitlm.inference import text_bpb, text_telemetry
+
+from .conftest import ENGLISH, assert_user_error
+
+
+async def _session_calls(model_dir, calls, *overrides):
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "bitlm.cli.mcp_server", f"ckpt_path={model_dir}", *overrides],
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        tools = await session.list_tools()
+        results = [await session.call_tool(name, arguments) for name, arguments in calls]
+        return tools, results
+
+
+def _payload(result) -> dict:
+    assert not result.is_error, result.content
+    if result.structured_content is not None:
+        return result.structured_content
+    return json.loads(result.content[0].text)
+
+
+@pytest.fixture(scope="module")
+def mcp_results(trained_run):
+    run_dir, _ = trained_run
+    calls = [
+        ("generate", {"prompt": "The ", "max_new_bytes": 16, "seed": 1}),
+        ("evaluate", {"text": (ENGLISH * 3)[:400]}),
+        ("telemetry", {"text": ENGLISH[:200]}),
+        ("generate", {"prompt": "x", "max_new_bytes": 5000}),
+        ("evaluate", {"text": ""}),
+        ("generate", {"prompt": 3}),
+    ]
+    tools, results = anyio.run(_session_calls, run_dir / "model", calls, "safety.enabled=false")
+    return run_dir, tools, results
+
+
+def test_tools_are_listed_with_their_schemas(mcp_results):
+    _, tools, _ = mcp_results
+    by_name = {tool.name: tool for tool in tools.tools}
+    assert set(by_name) == {"generate", "evaluate", "telemetry"}
+    assert by_name["generate"].input_schema["required"] == ["prompt"]
+    assert "max_new_bytes" in by_name["generate"].input_schema["properties"]
+    assert "Bits per byte" in by_name["evaluate"].description
+
+
+def test_generate_evaluate_and_telemetry_answer_like_the_library(mcp_results):
+    run_dir, _, results = mcp_results
+    generated = _payload(results[0])
+    assert generated["bytes"] == 16 and generated["parity_errors"] == 0
+    model = load_model(run_dir / "model")
+    evaluated = _payload(results[1])
+    assert evaluated["bytes"] == 400
+    assert evaluated["bpb"] == pytest.approx(
+        text_bpb(model, (ENGLISH * 3)[:400].encode()), rel=1e-5
+    )
+    assert evaluated["references"]["gzip-9"] > 0
+    telemetry = _payload(results[2])
+    expected = text_telemetry(model, ENGLISH[:200].encode())
+    assert telemetry == pytest.approx(expected, rel=1e-5)
+    assert 0 <= telemetry["K"] <= 1 and 0 <= telemetry["C"] <= 1 and 0 <= telemetry["S"] <= 1
+
+
+def test_bad_tool_arguments_are_tool_errors_not_crashes(mcp_results):
+    _, _, results = mcp_results
+    too_long, empty, wrong_type = results[3:]
+    assert too_long.is_error and "max_new_bytes must be in [0, 1024]" in too_long.content[0].text
+    assert empty.is_error and "the text is empty" in empty.content[0].text
+    assert wrong_type.is_error and "prompt" in wrong_type.content[0].text
+
+
+def test_safety_gated_generation_reports_its_telemetry(trained_run):
+    run_dir, _ = trained_run
+    lenient = ("safety.c_floor=0", "safety.s_floor=-1")
+    calls = [("generate", {"prompt": "The ", "max_new_bytes": 8})]
+    _, [result] = anyio.run(_session_calls, run_dir / "model", calls, *lenient)
+    payload = _payload(result)
+    assert payload["attempts"] == 1 and "S" in payload["telemetry"]
+
+
+def test_bitlm_mcp_without_a_model_is_one_line(run_cli, tmp_path):
+    assert_user_error(run_cli("mcp_server", cwd=tmp_path), "needs a model")

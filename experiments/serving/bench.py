@@ -54,8 +54,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def serve(model_dir: Path, port: int, max_concurrent: int) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "bitlm.cli.serve", f"ckpt_path={model_dir}", f"port={port}",
-            "safety.enabled=false", f"limits.max_concurrent={max_concurrent}", "log_level=warning"]
+    argv = [
+        sys.executable,
+        "-m",
+        "bitlm.cli.serve",
+        f"ckpt_path={model_dir}",
+        f"port={port}",
+        "safety.enabled=false",
+        f"limits.max_concurrent={max_concurrent}",
+        "log_level=warning",
+    ]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while True:

@@ -36,8 +36,10 @@ def test_cli_group_choice_beats_the_experiment():
 
 @pytest.mark.parametrize("group", ["logger", "callbacks"])
 def test_logger_and_callback_options_build(group, tmp_path):
+    required = {"hub_upload": ["callbacks.hub_upload.repo_id=me/model"]}
     for option in _options(group):
-        cfg = _compose("train", f"{group}={option}", f"paths.output_dir={tmp_path}")
+        extra = required.get(option, [])
+        cfg = _compose("train", f"{group}={option}", f"paths.output_dir={tmp_path}", *extra)
         built = [instantiate(node) for node in (cfg[group] or {}).values() if node]
         assert len(built) == len(cfg[group] or {})
 

@@ -11,13 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .test_serve import _free_port
+from .test_serve import _free_port, wait_for_status
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -102,14 +101,7 @@ def test_image_install_steps_work_in_a_fresh_venv(tmp_path):
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status = httpx.get(f"{url}/status", timeout=2).json()
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
-                time.sleep(0.5)
+        status = wait_for_status(url, server)
         assert status["status"] == "ok" and status["model"] is None
         assert "bitlm dashboard" in httpx.get(f"{url}/").text
     finally:

@@ -381,6 +381,17 @@ def test_publishing_with_a_wrong_token_warns_once_and_training_goes_on(tmp_path,
     assert sum("could not publish" in str(w.message) for w in warned) == 1
 
 
+def wait_for_status(url: str, process: subprocess.Popen, timeout: float = 120) -> dict:
+    """``GET url/status`` once the server ``process`` answers; fails if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(f"{url}/status", timeout=2).json()
+        except httpx.TransportError:
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.3)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -402,14 +413,7 @@ def test_bitlm_serve_command_serves_and_shuts_down_cleanly(trained_run, tmp_path
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=2).json()
-                break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-                time.sleep(0.2)
+        status = wait_for_status(f"http://127.0.0.1:{port}", process)
         assert status["model"] == "HierarchicalBitLM"  # model=tiny
         info = httpx.get(f"http://127.0.0.1:{port}/model_config").json()
         assert "val/bpb" in info["metrics"]  # what the export recorded

@@ -251,7 +251,7 @@ def _hub_reason(err: Exception) -> str:
         return f"the Hub refused access ({status}): set HF_TOKEN to a token with write access"
     if isinstance(err, huggingface_hub.errors.RepositoryNotFoundError):
         return "no such repository on the Hub (or it is private: set HF_TOKEN)"
-    if isinstance(err, (huggingface_hub.errors.HFValidationError, ValueError)):
+    if isinstance(err, ValueError):  # HFValidationError: a malformed repository id
         return f"{_reason(err)} (a repository id is owner/name)"
     if status is None:
         return (

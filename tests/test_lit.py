@@ -134,4 +134,4 @@ def test_each_precision_trains_the_reversible_model(tmp_path, precision):
     """On CPU ``16-mixed`` runs as bf16 (Lightning warns); on a GPU as fp16 with loss scaling."""
     module = _fit_steps(tmp_path, 2, precision)
     assert all(torch.isfinite(p).all() for p in module.parameters())
-    assert module.nonfinite_steps == 0
+    assert module.health.bad_steps == 0

@@ -31,7 +31,7 @@ def test_qat_prepares_trains_and_converts_to_the_model_it_simulated(tmp_path, tr
     trainer = quiet_trainer(max_steps=8, limit_val_batches=0)
     trainer.fit(module, datamodule=BitDataModule(seq_len=288, batch_size=4))
     assert _fake_quantized(module.model) >= 4 * 2  # the blocks' projections at least
-    assert module.nonfinite_steps == 0
+    assert module.health.bad_steps == 0
     plain = build_model(module.model.config)
     plain.load_state_dict(module.model.state_dict())  # QAT adds no parameters or buffers
     bits = torch.randint(0, 2, (2, 288), generator=torch.Generator().manual_seed(0))

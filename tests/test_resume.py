@@ -204,7 +204,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     snapshots = _Snapshots()
     data = BitDataModule(seq_len=144, batch_size=4, cache_dir=str(tmp_path))
     quiet_trainer(max_steps=8, limit_val_batches=0, callbacks=[snapshots]).fit(module, data)
-    assert module.nonfinite_steps == 2 and module.nonfinite_streak == 0
+    assert module.health.bad_steps == 2 and module.health.streak == 0
     assert module.global_step == 8
     for name, value in snapshots.after_step[5].items():  # steps 4 and 5 (global 3, 4) skipped
         assert torch.equal(value, snapshots.after_step[3][name]), name
@@ -216,7 +216,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
 
 def test_too_many_nonfinite_steps_in_a_row_stop_with_the_last_checkpoint_intact(tmp_path):
     L.seed_everything(0)
-    module = _NaNLoss(set(range(5, 100)), max_nonfinite_steps=3)
+    module = _NaNLoss(set(range(5, 100)), max_bad_steps=3)
     checkpoints = ModelCheckpoint(
         tmp_path / "ck", every_n_train_steps=2, save_top_k=0, save_last=True
     )
@@ -233,4 +233,4 @@ def test_too_many_nonfinite_steps_in_a_row_stop_with_the_last_checkpoint_intact(
     saved = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
     assert saved["global_step"] in (6, 7)  # the last save before the stop at step 8
     assert all(v.isfinite().all() for v in saved["state_dict"].values())
-    assert saved["nonfinite_steps"][0] >= 1
+    assert saved["health"]["bad_steps"] >= 1

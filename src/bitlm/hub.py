@@ -299,6 +299,7 @@ def _with_state(
     ]
     if strict and problems:
         raise BitLMError(f"checkpoint {path} does not match its config: {'; '.join(problems)}")
+    check_finite(state, path)
     try:
         model.load_state_dict(state, assign=assign, strict=strict)
     except RuntimeError as err:  # shapes that differ from the config's
@@ -308,18 +309,60 @@ def _with_state(
     return model
 
 
+def check_finite(state: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse weights holding NaN or inf (a damaged file, or the state of a diverged run): a
+    model that loads must not answer NaN. Plain float tensors are checked; quantized weights
+    (torchao tensor types) hold integers and scales written from finite floats."""
+    for name, value in state.items():
+        is_float = type(value) is torch.Tensor and value.is_floating_point()
+        if is_float and not bool(value.isfinite().all()):
+            raise BitLMError(
+                f"{path}: weight {name} holds NaN or inf (a damaged file, or weights of a "
+                "diverged run): load another checkpoint or export"
+            )
+
+
 def _names(keys: set[str], shown: int = 3) -> str:
     names = sorted(keys)
     more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step a ``bitlm-train`` checkpoint (a ``.ckpt`` file, or the folder of a
+    sharded one) was saved at, once it has been read whole and its weights found finite: what
+    a resume checks before training, so that a truncated or damaged file is one line
+    (``BitLMError``), not a traceback from deep inside Lightning."""
+    path = Path(path)
+    if (path / DISTRIBUTED_METADATA).is_file():
+        _read_distributed_checkpoint(path)  # reads every shard, checks the weights
+        meta = torch.load(path / LIGHTNING_METADATA, map_location="cpu", weights_only=True)
+        return int(meta.get("global_step", 0))
+    ckpt = _load_checkpoint_file(path)
+    _, state = _model_state(ckpt, path)
+    check_finite(state, path)
+    return int(ckpt.get("global_step", 0))
+
+
 def _read_lightning_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    return _model_state(_load_checkpoint_file(path), path)
+
+
+def _load_checkpoint_file(path: Path) -> dict[str, Any]:
     try:
-        ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # pickle, zip and OS errors all mean "corrupt or not a checkpoint"
-        raise BitLMError(f"could not read checkpoint {path}: {_reason(err)}") from err
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+        raise BitLMError(
+            f"could not read checkpoint {path} (truncated or damaged?): {_reason(err)}"
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise BitLMError(f"{path} is not a checkpoint written by bitlm-train")
+    return ckpt
+
+
+def _model_state(ckpt: dict[str, Any], path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The model config and the model's weights (``model.`` prefix removed) of a checkpoint."""
+    hparams = ckpt.get("hyper_parameters", {})
     if "model" not in hparams or "state_dict" not in ckpt:
         raise BitLMError(f"{path} is not a checkpoint written by bitlm-train")
     prefix = "model."

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -16,14 +18,26 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.errors import HydraException
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException, InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bitlm.cli.config_types import check_value
 from bitlm.errors import BitLMError
 
 Task = Callable[[DictConfig], dict[str, Any]]
+
+TEXT_FILE_OPTIONS = ("prompt",)
+"""Free-text options that also have a ``<name>_file`` form (no quoting needed)."""
+NON_FINITE = (
+    "the model's outputs overflowed or its weights are damaged; check the model with bitlm-eval "
+    "on a short file, or try trainer.precision / device=cpu"
+)
 
 # Upstream notices that say nothing to a bitlm user (library internals, not their settings).
 HARMLESS_WARNINGS = (
@@ -59,6 +73,9 @@ def hydra_app(config_name: str, task: Task, json_output: bool = True) -> Callabl
                 raise
             fail(_one_line(user_error))
         if json_output and rank_zero_only.rank == 0:  # other ranks end silently
+            bad = _non_finite(result)
+            if bad:  # NaN is not JSON, and a silent null would be a wrong answer
+                fail(f"{bad} came out as {_at(result, bad)}, not a finite number: {NON_FINITE}")
             print(json.dumps(result, ensure_ascii=False), flush=True)
         return objective(cfg, result)
 
@@ -73,28 +90,135 @@ def hydra_app(config_name: str, task: Task, json_output: bool = True) -> Callabl
 
 def check_overrides(config_name: str, overrides: list[str]) -> None:
     """Compose the config once before Hydra runs, so an unknown key, a bad value or a missing
-    required option is one line on stderr rather than Hydra's multi-line report. Flags
+    required option is one line on stderr rather than Hydra's multi-line report, and check
+    that every ``key=value`` keeps the type of the value it replaces (``check_types``). Flags
     (``--help``, ``--multirun`` …) are left to Hydra."""
     if any(arg.startswith("-") for arg in overrides):
         return
+    for arg in overrides:
+        if not _is_utf8(arg):
+            fail(_not_utf8_hint(arg))
     try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        for override in parsed:
+            if override.is_sweep_override():
+                fail(_unquoted_hint(override))
         with hydra.initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = hydra.compose(config_name, overrides=overrides)
+            groups = [o for o in parsed if _selects_group(o)]
+            defaults = hydra.compose(config_name, overrides=[o.input_line for o in groups])
     except (HydraException, OmegaConfBaseException) as err:
         fail(_one_line(err))
     missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
     if missing:
         fail(f"missing required option(s) {', '.join(missing)}: pass them as key=value")
+    for override in parsed:
+        if not (override.is_delete() or override in groups or _is_hydra(override)):
+            key = override.key_or_group
+            value, target = _node(cfg, key)
+            try:
+                check_value(key, value, _node(defaults, key)[0], target)
+            except BitLMError as err:
+                fail(str(err))
+
+
+def _selects_group(override: Override) -> bool:
+    """``model=tiny``, ``callbacks=[default,compression]``: a choice of config group."""
+    repository = GlobalHydra.instance().config_loader().repository
+    return repository.group_exists(override.key_or_group)
+
+
+def _is_hydra(override: Override) -> bool:
+    return override.key_or_group.split(".")[0] == "hydra"
+
+
+def _node(cfg: DictConfig, key: str) -> tuple[Any, str | None]:
+    """The value at dotted ``key`` (interpolations unresolved: a ``${…}`` stays text) and the
+    ``_target_`` of the node holding it (None if that node is built by no target)."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    target = None
+    for part in key.split("."):
+        target = node.get("_target_") if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None, None
+    return node, target
+
+
+def _is_utf8(text: str) -> bool:
+    """False for an argument whose bytes were not UTF-8 (Python escapes them as surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_utf8_hint(arg: str) -> str:
+    key = arg.partition("=")[0]
+    shown = arg.encode(errors="surrogateescape")[:40]
+    return f"{shown!r} is not UTF-8 text, which is all an override can hold" + (
+        f": pass such bytes in a file, {key}_file=PATH ({key}_file=- reads stdin)"
+        if key in TEXT_FILE_OPTIONS
+        else ""
+    )
+
+
+def _unquoted_hint(override: Override) -> str:
+    """A value Hydra reads as a list of choices (``prompt=To be, or not`` has a comma)."""
+    key, _, value = override.input_line.partition("=")
+    return (
+        f"{override.input_line!r}: Hydra reads a comma in a value as a list of choices; quote "
+        f"the whole value, e.g. \"{key}='{value}'\" (with the outer quotes for the shell)"
+        + (
+            f", or pass the text in a file: {key}_file=PATH ({key}_file=- reads stdin)"
+            if key in TEXT_FILE_OPTIONS
+            else ""
+        )
+    )
+
+
+def _non_finite(result: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number in ``result``, else None."""
+    if isinstance(result, float) and not math.isfinite(result):
+        return prefix.rstrip(".") or "the result"
+    items = result.items() if isinstance(result, dict) else []
+    for key, value in items:
+        bad = _non_finite(value, f"{prefix}{key}.")
+        if bad:
+            return bad
+    return None
+
+
+def _at(result: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        result = result[key]
+    return result
 
 
 def _user_error(err: BaseException) -> BaseException | None:
     """The ``BitLMError`` (or config error) behind ``err``, if any: Hydra's ``instantiate``
-    wraps exceptions raised in constructors, so follow the ``raise … from`` chain."""
+    wraps exceptions raised in constructors, so follow the ``raise … from`` chain. A value a
+    library's constructor refuses (Lightning's ``MisconfigurationException``, a ``TypeError``
+    or ``ValueError`` from the call ``instantiate`` made) is the user's too, named by its key.
+    ``HYDRA_FULL_ERROR=1`` keeps the traceback of those."""
     while err is not None:
         if isinstance(err, (BitLMError, OmegaConfBaseException)):
             return err
-        err = err.__cause__
+        cause = err.__cause__
+        refused = isinstance(cause, (MisconfigurationException, TypeError, ValueError))
+        if isinstance(err, InstantiationException) and refused and not _full_errors():
+            key = str(err).rpartition("full_key: ")[2].strip() or "config"
+            return BitLMError(f"{key}: {_one_line(cause)}")
+        err = cause
     return None
+
+
+def _full_errors() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,13 +20,14 @@ from bitlm.sampling import sampling_mode
 def generate(cfg: DictConfig) -> dict[str, Any]:
     """Sample (``bitlm.inference.generate_text``), gated by the safety settings if enabled."""
     _check_sampling(cfg)
+    prompt = prompt_bytes(cfg.prompt, cfg.prompt_file)
     device = pick_device(cfg.device)
     model = bit_model(cfg.ckpt_path, device)
     options = {
         "mode": sampling_mode(model, cfg.mode),
-        "suffix": (cfg.suffix or "").encode(),
+        "suffix": _utf8(cfg.suffix or ""),
         "top_p": cfg.top_p,
-        "stop": cfg.stop.encode() if cfg.stop else None,
+        "stop": _utf8(cfg.stop) if cfg.stop else None,
         "kv_cache": cfg.kv_cache,
         "diffusion_steps": cfg.diffusion_steps,
         "schedule": cfg.schedule,
@@ -40,7 +43,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
             fallback = bit_model(fallback, device)
     return generate_text(
         model,
-        (cfg.prompt or "").encode(),
+        prompt,
         cfg.max_new_bytes,
         seed=cfg.seed,
         temperature=cfg.temperature,
@@ -48,6 +51,25 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         fallback=fallback,
         **options,
     )
+
+
+def prompt_bytes(prompt: str | None, prompt_file: str | None) -> bytes:
+    """The prompt's bytes: ``prompt`` (text from the command line), or the raw bytes of
+    ``prompt_file`` (``-``: standard input), which need no quoting and may hold any bytes."""
+    if prompt_file is None:
+        return _utf8(prompt or "")
+    if prompt:
+        raise BitLMError("pass the prompt as prompt=… or prompt_file=…, not both")
+    if prompt_file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(prompt_file).expanduser().read_bytes()
+    except OSError as err:
+        raise BitLMError(f"cannot read prompt_file={prompt_file}: {err.strerror}") from err
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode()
 
 
 def bit_model(path: str, device: torch.device) -> BitModel:
@@ -71,6 +93,11 @@ def _check_sampling(cfg: DictConfig) -> None:
             )
     if not _is_number(cfg.max_new_bytes, int) or cfg.max_new_bytes < 0:
         raise BitLMError(f"max_new_bytes must be a non-negative integer, got {cfg.max_new_bytes!r}")
+    if cfg.max_new_bytes > cfg.limit_new_bytes:
+        raise BitLMError(
+            f"max_new_bytes={cfg.max_new_bytes} is over limit_new_bytes={cfg.limit_new_bytes} "
+            "(generation keeps every byte in memory): ask for fewer, or raise limit_new_bytes"
+        )
     if not _is_number(cfg.diffusion_steps, int) or cfg.diffusion_steps < 1:
         raise BitLMError(f"diffusion_steps must be a positive integer, got {cfg.diffusion_steps!r}")
     for key in ("temperature", "top_p", "choice_temperature"):

@@ -10,12 +10,14 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
 from bitlm.bits import FRAME_BITS
 from bitlm.cli.app import hydra_app
 from bitlm.errors import BitLMError
-from bitlm.hub import load_model
+from bitlm.files import remove_stale_temporaries
+from bitlm.hub import checkpoint_step, load_model
 from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
 from bitlm.lit.module import FINAL_STEP_KEY
 
@@ -27,9 +29,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    if rank_zero_only.rank == 0:  # before any process of this run writes
+        _remove_leftovers(output_dir)
     source = resume_path(cfg.ckpt_path, output_dir)
     if cfg.finetune and source is None:
         raise BitLMError("finetune=true starts from ckpt_path=MODEL (a .ckpt or exported folder)")
+    if source is not None and not cfg.finetune:
+        _check_resumable(source, cfg.trainer.max_steps)
     # first: model config errors come first
     init = {"init_from": source} if cfg.finetune else {}
     module = instantiate(cfg.module, _convert_="all", **init)
@@ -80,6 +86,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "after": _bpb_by_context(evaluator, module, datamodule, old_context),
         }
     return summary | {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def _remove_leftovers(output_dir: Path) -> None:
+    """Delete the temporary files and staging folders of saves an earlier, killed process of
+    this run left in its run dir (``bitlm.files.remove_stale_temporaries``)."""
+    for folder in (output_dir, output_dir / "checkpoints"):
+        for path in remove_stale_temporaries(folder):
+            rank_zero_info(f"removed {path}, left by an interrupted save")
+
+
+def _check_resumable(source: str, max_steps: int) -> None:
+    """The checkpoint reads whole, holds finite weights, and has steps left to train."""
+    try:
+        step = checkpoint_step(source)
+    except BitLMError as err:
+        others = sorted(Path(source).parent.glob("best-step*.ckpt"))
+        hint = f"; to resume from the best one: ckpt_path={others[-1]}" if others else ""
+        raise BitLMError(f"cannot resume: {err}{hint}") from err
+    if 0 <= max_steps <= step:
+        raise BitLMError(
+            f"{source} is at step {step}, already at trainer.max_steps={max_steps}: nothing "
+            "to train; pass a larger trainer.max_steps to train on"
+        )
 
 
 def _context_limit(callback: L.Callback) -> int:

@@ -40,7 +40,7 @@ from bitlm.data.store import (
 )
 from bitlm.data.windows import split_period, split_segments
 from bitlm.errors import BitLMError
-from bitlm.files import staged_dir
+from bitlm.files import remove_stale_temporaries, staged_dir
 
 Document = Iterable[bytes]
 """A document as blocks of bytes."""
@@ -138,12 +138,14 @@ def prepare(
     """Write the prepared folder ``output`` from ``sources`` (module docstring); return its index.
 
     An existing ``output`` is replaced only with ``overwrite`` and only if it is a prepared
-    folder itself; anything else there is never touched.
+    folder itself; anything else there is never touched. The staging folder and set-aside old
+    copy that an earlier, killed preparation of ``output`` left beside it are removed first.
     """
     period = split_period(val_fraction)
     if split_chunk_bytes < 1:
         raise BitLMError(f"split_chunk_bytes must be a positive integer, got {split_chunk_bytes}")
     output = Path(output).expanduser()
+    remove_stale_temporaries(output.parent, output.name)  # what a killed preparation left
     _check_output(output, overwrite)
     with staged_dir(output) as staging:
         entries = _write_stream(sources, staging / PREPARED_BYTES, progress)

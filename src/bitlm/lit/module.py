@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 
@@ -27,10 +28,11 @@ from bitlm.diffusion import (
 )
 from bitlm.errors import BitLMError
 from bitlm.hub import load_model, quantization_of
+from bitlm.lit.health import TrainingHealth
 from bitlm.lit.strategies import shard_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
-from bitlm.model.expand import GROWABLE, grow_to
+from bitlm.model.expand import ADJUSTABLE, GROWABLE, grow_to
 from bitlm.objective import BitsPerByte, bit_cross_entropy
 from bitlm.quantize import prepare_qat
 from bitlm.telemetry.losses import KCSLoss
@@ -93,10 +95,18 @@ class BitLMModule(L.LightningModule):
     (data windows sized for the context it may grow to) are read up to ``max_seq_len`` bits;
     ``val_context`` (bits) shortens the validation windows further (bpb at a shorter context).
 
-    Non-finite steps: when the gradients hold NaN or inf (a NaN loss included) they are dropped
-    before the optimiser step, so the weights do not move (the step still counts), and the step
-    is counted (``train/nonfinite_steps``); ``max_nonfinite_steps`` in a row stop training with
-    an error, leaving the last checkpoint (saved before the streak, from finite weights) intact.
+    Bad steps (``bitlm.lit.health.TrainingHealth``): when the gradients hold NaN or inf (a NaN
+    loss included) or the loss spikes (over ``loss_spike_factor`` × its running mean; null: NaN
+    and inf only) the gradients are dropped before the optimiser step, so the weights do not
+    move (the step still counts), and the step is counted (``train/bad_steps``);
+    ``max_bad_steps`` in a row stop training with an error. Checkpoints are written only while
+    training is healthy (``LastCheckpoint`` waits for the next step's verdict), so the last one
+    holds weights from before the trouble, and a resume starts with a fresh allowance.
+
+    Resume honours the command line: the optimiser's lr, betas and weight decay and the
+    schedule (its length from ``trainer.max_steps``) follow this run's settings, not the
+    checkpoint's, with one log line per changed value; a model architecture other than the
+    checkpoint's is an error (growing a trained model is ``finetune=true``).
     """
 
     def __init__(
@@ -118,7 +128,8 @@ class BitLMModule(L.LightningModule):
         noise_level: float = 1.0,
         diffusion_telemetry_windows: int = 4,
         compress_prob: float = 0.0,
-        max_nonfinite_steps: int = 10,
+        max_bad_steps: int = 10,
+        loss_spike_factor: float | None = 4.0,
         qat: bool = False,
         init_from: str | None = None,
     ) -> None:
@@ -127,6 +138,7 @@ class BitLMModule(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = config.to_dict()  # plain dict: checkpoints load with weights_only
         self.model = build_model(config) if init_from is None else grown_from(init_from, config)
+        self.start_config = config  # before any growth: what a resume must be given again
         self.growths: list[dict[str, Any]] = []  # record_growth: step, lr_scale, warmup_steps
         self.val_context: int | None = None  # validate on the first N bits of each window
         self.kcs = KCSLoss(lambda_K, lambda_C, lambda_S)
@@ -142,10 +154,14 @@ class BitLMModule(L.LightningModule):
         self.noise_level = noise_level  # the DiffusionCurriculum callback lowers it
         self.compress_prob = compress_prob  # the CompressionRamp callback moves it
         _check_compression(compress_prob, config)
-        if max_nonfinite_steps < 1:
-            raise BitLMError(f"module.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
-        self.nonfinite_steps = 0  # in the whole run
-        self.nonfinite_streak = 0  # in a row, up to the current step
+        if max_bad_steps < 1:
+            raise BitLMError(f"module.max_bad_steps must be >= 1, got {max_bad_steps}")
+        if loss_spike_factor is not None and not loss_spike_factor > 1:
+            raise BitLMError(
+                f"module.loss_spike_factor must be > 1 or null, got {loss_spike_factor}"
+            )
+        self.health = TrainingHealth(spike_factor=loss_spike_factor)
+        self.step_losses: list[Tensor] = []  # of the micro-batches of the current step
         self.run_seed = 0  # the seed the run started from (on_fit_start)
         self.configured = False  # configure_model runs for fit and again for validate
         _check_telemetry_options(self.kcs, config, symbiosis_reference, reference_model, telemetry)
@@ -217,23 +233,40 @@ class BitLMModule(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["nonfinite_steps"] = [self.nonfinite_steps, self.nonfinite_streak]
+        checkpoint["health"] = self.health.state_dict()
         checkpoint["growths"] = self.growths
+        checkpoint["start_model"] = self.start_config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Rebuild the architecture the checkpoint's model grew to (its sizes; its weights load
-        next); restore the growth record and the non-finite step counts; checkpoints written
-        before the symbiosis reference existed load with the default one."""
-        saved = checkpoint.get("hyper_parameters", {}).get("model")
+        """Check that this run's model is the one the checkpoint was trained from, and log the
+        settings this run changes; rebuild the architecture the checkpoint's model grew to (its
+        sizes; its weights load next); restore the growth record and the health record (not
+        its streak: ``TrainingHealth``); checkpoints written before the symbiosis reference
+        existed load with the default one."""
+        hparams = checkpoint.get("hyper_parameters", {})
+        saved = hparams.get("model")
+        self.growths = checkpoint.get("growths", [])
+        start = checkpoint.get("start_model", None if self.growths else saved)
+        if start is not None:
+            _check_same_architecture(ModelConfig.from_dict(start), self.start_config)
+        _log_changes(hparams, self.hparams)
         if saved is not None:
             sizes = {name: saved[name] for name in GROWABLE if name in saved}
             grown = dataclasses.replace(self.model.config, **sizes)
             if grown != self.model.config:  # keeps this run's ADJUSTABLE settings (dropout, …)
                 self.install_model(build_model(grown))
-        self.growths = checkpoint.get("growths", [])
         if "state_dict" in checkpoint:  # a sharded checkpoint's weights load in the strategy
             checkpoint["state_dict"].setdefault("reference_marginal", self.reference_marginal)
-        self.nonfinite_steps, self.nonfinite_streak = checkpoint.get("nonfinite_steps", [0, 0])
+        legacy = {"bad_steps": checkpoint.get("nonfinite_steps", [0])[0]}
+        self.health.load_state_dict(checkpoint.get("health", legacy))
+
+    def on_train_start(self) -> None:
+        """A resumed run's restored optimiser and schedule take this run's lr, betas and
+        weight decay (``follow_hyperparameters``); a fresh run's already have them."""
+        for optimizer, config in zip(
+            self.trainer.optimizers, self.trainer.lr_scheduler_configs, strict=True
+        ):
+            follow_hyperparameters(optimizer, config.scheduler, self.hparams)
 
     def on_fit_start(self) -> None:
         self.run_seed = torch.initial_seed()  # what seed_everything set, before step seeding
@@ -273,6 +306,7 @@ class BitLMModule(L.LightningModule):
         for name in ("ponder_cost", "layers_run"):
             if name in aux:
                 self.log(f"telemetry/{name}", aux[name].detach())
+        self.step_losses.append(loss.detach())
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
@@ -335,24 +369,33 @@ class BitLMModule(L.LightningModule):
         return self._with_ponder(denoising_loss(logits, bits, masked), aux), logits, aux
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Drop non-finite gradients (the step then leaves the weights as they are), count the
-        step, and stop the run after ``max_nonfinite_steps`` of them in a row."""
+        """Judge the step (``TrainingHealth.judge_step`` on the loss averaged over its
+        micro-batches and the ranks, so every rank decides alike); drop the gradients of a bad
+        one (the weights then stay as they are), count it, and stop the run after
+        ``max_bad_steps`` of them in a row."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
-            self.nonfinite_streak = 0
+        finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        loss = self.trainer.strategy.reduce(torch.stack(self.step_losses).mean(), "mean")
+        self.step_losses.clear()
+        if not self.health.judge_step(float(loss), finite):
             return
         optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without gradients
-        self.nonfinite_steps += 1
-        self.nonfinite_streak += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
-        if self.nonfinite_streak >= self.hparams.max_nonfinite_steps:
+        self.log("train/bad_steps", float(self.health.bad_steps))
+        if self.health.streak >= self.hparams.max_bad_steps:
             raise BitLMError(
-                f"{self.nonfinite_streak} training steps in a row (up to step {self.global_step}) "
-                "had a NaN or infinite loss or gradient; training stopped, the weights of the "
-                "last good step were never replaced, and the last checkpoint is intact. Lower "
-                "module.lr, set trainer.precision=32-true or trainer.gradient_clip_val, then "
-                "resume with ckpt_path=last"
+                f"{self.health.streak} training steps in a row (up to step {self.global_step}) "
+                f"had a NaN, infinite or spiking loss (last {float(loss):.4g}; running mean "
+                f"{self.health.ema or math.nan:.4g}); training stopped. Checkpoints are only "
+                "written from weights a later step found healthy, so checkpoints/last.ckpt (if "
+                "one was saved) holds the last good state: lower module.lr (or set "
+                "trainer.gradient_clip_val, trainer.precision=32-true), then resume with "
+                "ckpt_path=last"
             )
+
+    def on_validation_epoch_end(self) -> None:
+        """Judge the validation (``TrainingHealth.judge_validation`` on its bpb) during fit."""
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.health.judge_validation(float(self.val_bpb.compute()))
 
     def _with_ponder(self, loss: Tensor, aux: dict[str, Tensor]) -> Tensor:
         if "ponder_cost" in aux:
@@ -471,9 +514,10 @@ def optimizer_and_schedule(
     gains pulls them towards 0, which is not a prior anyone wants.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    matrices, vectors = _group_decays(hp)
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": matrices},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": vectors},
     ]
     optimizer = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]))
     for group in optimizer.param_groups:
@@ -487,6 +531,66 @@ def optimizer_and_schedule(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=start_step - 1)
     return optimizer, scheduler
+
+
+def _group_decays(hp: Mapping[str, Any]) -> tuple[float, float]:
+    """Weight decay of the two parameter groups: matrices, then biases and norm gains."""
+    return hp["weight_decay"], 0.0
+
+
+def follow_hyperparameters(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    hp: Mapping[str, Any],
+) -> None:
+    """Make an optimizer and schedule restored from a checkpoint follow ``hp``: lr (the
+    schedule's base), betas and weight decay; the learning rate of the next step is then
+    ``lr · schedule(step)``, the schedule being this run's (its length from this run's
+    ``trainer.max_steps``). Without this a resume keeps the checkpoint's values, whatever the
+    command line says."""
+    for group, decay in zip(optimizer.param_groups, _group_decays(hp), strict=True):
+        group.update(initial_lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=decay)
+    scheduler.base_lrs = [hp["lr"]] * len(optimizer.param_groups)
+    step = scheduler.last_epoch
+    lrs = [
+        base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    ]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() (logged as train/lr) reports until the next step
+
+
+def _check_same_architecture(trained: ModelConfig, given: ModelConfig) -> None:
+    """A resume must be given the model the checkpoint was trained from (settings in
+    ``ADJUSTABLE``, such as dropout, may change); ``BitLMError`` naming both otherwise."""
+    changed = [
+        f.name
+        for f in dataclasses.fields(ModelConfig)
+        if f.name not in ADJUSTABLE and getattr(trained, f.name) != getattr(given, f.name)
+    ]
+    if changed:
+        was = ", ".join(f"{n}={getattr(trained, n)}" for n in changed)
+        now = ", ".join(f"{n}={getattr(given, n)}" for n in changed)
+        raise BitLMError(
+            f"the checkpoint was trained with model {was}, this run's model has {now}: resume "
+            "with the model it was trained with (the same model=… and model.* options), or "
+            "start a new run from it with finetune=true (which can grow it)"
+        )
+
+
+def _log_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """One log line per module setting this run changes from the checkpoint's."""
+    for name in sorted(set(saved) & set(current) - {"model", "init_from"}):
+        if saved[name] != current[name] and not _same_sequence(saved[name], current[name]):
+            rank_zero_info(
+                f"resume: module.{name}={current[name]!r} (the checkpoint had {saved[name]!r})"
+            )
+
+
+def _same_sequence(a: Any, b: Any) -> bool:
+    """``[0.9, 0.95]`` and ``(0.9, 0.95)`` are the same betas."""
+    sequences = (list, tuple)
+    return isinstance(a, sequences) and isinstance(b, sequences) and list(a) == list(b)
 
 
 def scheduled_lr(

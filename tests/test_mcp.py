@@ -1,4 +1,5 @@
-"""bitlm-mcp, driven as an MCP client drives it: a subprocess speaking the protocol on stdio."""
+"""bitlm-mcp, driven as an MCP client drives it: a subprocess speaking the protocol on stdio;
+and, for what the protocol cannot carry, its tools called in-process."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import anyio
 import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.server.mcpserver.exceptions import ToolError
 
+from bitlm.cli.mcp_server import build_server
 from bitlm.hub import load_model
 from bitlm.inference import text_bpb, text_telemetry
+from bitlm.model import build_model
+from bitlm.model.config import ModelConfig
+from bitlm.serve.state import Settings
 
 from .conftest import ENGLISH, assert_user_error
 
@@ -45,6 +51,8 @@ def mcp_results(trained_run):
         ("generate", {"prompt": "x", "max_new_bytes": 5000}),
         ("evaluate", {"text": ""}),
         ("generate", {"prompt": 3}),
+        ("generate", {"prompt": "x", "seed": 2**70}),
+        ("generate", {"prompt": "x", "colour": "red"}),
     ]
     tools, results = anyio.run(_session_calls, run_dir / "model", calls, "safety.enabled=false")
     return run_dir, tools, results
@@ -54,8 +62,13 @@ def test_tools_are_listed_with_their_schemas(mcp_results):
     _, tools, _ = mcp_results
     by_name = {tool.name: tool for tool in tools.tools}
     assert set(by_name) == {"generate", "evaluate", "telemetry"}
-    assert by_name["generate"].input_schema["required"] == ["prompt"]
-    assert "max_new_bytes" in by_name["generate"].input_schema["properties"]
+    generate = by_name["generate"].input_schema
+    assert {"prompt", "max_new_bytes", "seed", "top_p", "stop", "suffix"} <= set(
+        generate["properties"]
+    )  # POST /generate's fields
+    assert generate["properties"]["seed"]["exclusiveMaximum"] == 2**63
+    assert generate["additionalProperties"] is False
+    assert by_name["evaluate"].input_schema["required"] == ["text"]
     assert "Bits per byte" in by_name["evaluate"].description
 
 
@@ -76,12 +89,37 @@ def test_generate_evaluate_and_telemetry_answer_like_the_library(mcp_results):
     assert 0 <= telemetry["K"] <= 1 and 0 <= telemetry["C"] <= 1 and 0 <= telemetry["S"] <= 1
 
 
-def test_bad_tool_arguments_are_tool_errors_not_crashes(mcp_results):
+def test_bad_tool_arguments_are_tool_errors_naming_the_argument(mcp_results):
     _, _, results = mcp_results
-    too_long, empty, wrong_type = results[3:]
-    assert too_long.is_error and "max_new_bytes must be in [0, 1024]" in too_long.content[0].text
-    assert empty.is_error and "the text is empty" in empty.content[0].text
-    assert wrong_type.is_error and "prompt" in wrong_type.content[0].text
+    expected = [
+        "max_new_bytes is at most 1024 on this server",
+        "text\n  String should have at least 1 character",
+        "prompt\n  Input should be a valid string",
+        "seed\n  Input should be less than 9223372036854775808",
+        "colour\n  Extra inputs are not permitted",  # as bitlm-serve refuses unknown fields
+    ]
+    for result, message in zip(results[3:], expected, strict=True):
+        assert result.is_error and message in result.content[0].text
+
+
+def test_text_without_a_utf8_encoding_is_a_tool_error():
+    """A lone surrogate cannot cross the stdio transport (the SDK's client cannot write it and
+    its server's JSON parser refuses it), so the tools' own check is called in-process."""
+    model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2, max_seq_len=144)).eval()
+    server = build_server(model, Settings(safety=None))
+    for tool, arguments in [
+        ("generate", {"prompt": "ok \ud800"}),
+        ("generate", {"prompt": "ok", "stop": "\udfff"}),
+        ("evaluate", {"text": "\ud800"}),
+        ("telemetry", {"text": "\ud800"}),
+    ]:
+        with pytest.raises(ToolError) as refused:
+            anyio.run(server.call_tool, tool, arguments)
+        field = list(arguments)[-1]
+        assert f"{field}\n  Value error, the text is not valid Unicode" in str(refused.value)
+        assert "cannot be encoded as UTF-8" in str(refused.value)
+    options = {"prompt": "ab", "max_new_bytes": 4, "top_p": 0.5, "seed": 2}  # /generate's
+    assert anyio.run(server.call_tool, "generate", options).structured_content["bytes"] == 4
 
 
 def test_safety_gated_generation_reports_its_telemetry(trained_run):

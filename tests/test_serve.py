@@ -21,12 +21,15 @@ import pytest
 import torch
 import uvicorn
 from fastapi.testclient import TestClient
+from omegaconf import OmegaConf
 
 from bitlm import hub
+from bitlm.cli.serve import allowed_hosts
+from bitlm.errors import BitLMError
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.serve.app import create_app
-from bitlm.serve.state import Limits, Settings
+from bitlm.serve.state import LOOPBACK_HOSTS, Limits, Settings
 
 from .conftest import assert_user_error, quiet_trainer
 
@@ -34,13 +37,19 @@ TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CAUSAL = ModelConfig(n_layers=2, d_model=32, n_heads=2, max_seq_len=144)
 DIFFUSION = ModelConfig(n_layers=2, d_model=32, n_heads=2, max_seq_len=144, mode="diffusion")
+TEST_HOSTS = (*LOOPBACK_HOSTS, "testserver")  # what TestClient sends as Host
 
 
-def _app(tmp_path, config=CAUSAL, **settings):
+def _app(tmp_path, config=CAUSAL, source="tiny", **settings):
     torch.manual_seed(0)
     model = build_model(config).eval()
-    options = {"token": TOKEN, "safety": None, "save_dir": tmp_path / "saved"} | settings
-    return create_app(model, Settings(**options), "tiny", {"val/bpb": 3.5})
+    options = {
+        "token": TOKEN,
+        "safety": None,
+        "save_dir": tmp_path / "saved",
+        "allowed_hosts": TEST_HOSTS,
+    }
+    return create_app(model, Settings(**(options | settings)), source, {"val/bpb": 3.5})
 
 
 @pytest.fixture
@@ -68,6 +77,17 @@ def test_status_and_model_config(client):
     assert info["limits"]["max_new_bytes"] == 1024
 
 
+def test_the_model_path_is_shown_only_with_the_token(tmp_path):
+    client = TestClient(_app(tmp_path, source="/srv/models/private-run"))
+    for route in ("/status", "/model_config"):
+        assert client.get(route).json()["source"] is None
+        wrong = {"Authorization": "Bearer wrong"}
+        assert client.get(route, headers=wrong).json()["source"] is None
+        assert client.get(route, headers=AUTH).json()["source"] == "/srv/models/private-run"
+    hub_id = TestClient(_app(tmp_path, source="hf://owner/name", token=None))
+    assert hub_id.get("/status").json()["source"] == "hf://owner/name"  # not a local path
+
+
 def test_generate_returns_decodable_text(client):
     body = client.post("/generate", json={"prompt": "Once", "max_new_bytes": 12, "seed": 3}).json()
     assert body["bytes"] == 12 and body["parity_errors"] == 0 and body["mode"] == "causal"
@@ -91,6 +111,14 @@ def test_generate_returns_decodable_text(client):
 )
 def test_generate_refuses_invalid_bodies(client, body, fragment):
     assert_error(client.post("/generate", json=body), 422, fragment)
+
+
+@pytest.mark.parametrize("field", ["prompt", "suffix", "stop"])
+def test_text_that_is_not_valid_unicode_is_refused(client, field):
+    body = f'{{"{field}": "ok \\ud800", "max_new_bytes": 1}}'.encode()  # a lone surrogate
+    response = client.post("/generate", content=body, headers={"Content-Type": "application/json"})
+    error = assert_error(response, 422, "cannot be encoded as UTF-8")
+    assert error["details"][0]["field"] == f"body.{field}"
 
 
 def test_generate_refuses_malformed_json(client):
@@ -206,6 +234,42 @@ def test_save_checkpoint_exports_a_loadable_model_and_never_overwrites_silently(
     assert again.status_code == 200
 
 
+def _user_folder(target: Path) -> None:
+    target.mkdir(parents=True)
+    (target / "keep.txt").write_text("mine")
+
+
+def _foreign_config(target: Path) -> None:
+    target.mkdir(parents=True)
+    (target / "config.json").write_text('{"format": "someone-else", "model": {}}')
+
+
+def _plain_file(target: Path) -> None:
+    target.parent.mkdir(parents=True)
+    target.write_text("mine")
+
+
+def _link_to_an_export(target: Path) -> None:
+    export = target.parent.parent / "elsewhere"
+    hub.save_pretrained(build_model(CAUSAL), export)
+    target.parent.mkdir(parents=True)
+    target.symlink_to(export)
+
+
+@pytest.mark.parametrize("make", [_user_folder, _foreign_config, _plain_file, _link_to_an_export])
+def test_save_checkpoint_overwrites_only_an_earlier_export(client, tmp_path, make):
+    target = tmp_path / "saved" / "userstuff"
+    make(target)
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    body = {"name": "userstuff", "overwrite": True}
+    response = client.post("/save_checkpoint", json=body, headers=AUTH)
+    assert_error(
+        response, 409, "userstuff exists and is not a bitlm export: it will not be replaced"
+    )
+    after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert after == before  # nothing deleted, moved or written
+
+
 @pytest.mark.parametrize("name", ["../escape", "/etc/x", ".hidden", "a/b", "", "x" * 65, "a b"])
 def test_save_checkpoint_names_cannot_leave_the_save_folder(client, tmp_path, name):
     response = client.post("/save_checkpoint", json={"name": name}, headers=AUTH)
@@ -271,15 +335,60 @@ def test_an_unexpected_error_is_a_500_without_the_traceback(tmp_path, monkeypatc
     assert "secret" not in response.text
     assert "secret internal detail" in caplog.text  # the log has it
     assert body == {"error": "internal server error (details are in the server log)"}
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert 'bitlm_requests_total{route="/generate",status="500"} 1.0' in _prometheus(client)
+
+
+def _prometheus(client: TestClient) -> str:
+    return client.get("/metrics?format=prometheus").text
+
+
+def test_every_answer_is_counted_and_carries_the_security_headers(tmp_path):
+    client = TestClient(_app(tmp_path, limits=Limits(max_body_bytes=10)))
+    answers = {
+        "/generate 413": client.post("/generate", json={"prompt": "x" * 20}),
+        "/nowhere 404": client.get("/nowhere"),
+        "host 400": client.get("/status", headers={"Host": "evil.example"}),
+        "/status 200": client.get("/status"),
+    }
+    for answer, response in answers.items():
+        assert response.headers["Content-Security-Policy"].startswith("default-src"), answer
+        assert response.headers["Referrer-Policy"] == "no-referrer", answer
+    text = _prometheus(client)
+    assert 'bitlm_requests_total{route="unmatched",status="413"} 1.0' in text
+    assert 'bitlm_requests_total{route="unmatched",status="404"} 1.0' in text
+    assert 'bitlm_requests_total{route="unmatched",status="400"} 1.0' in text
+    assert 'bitlm_requests_total{route="/status",status="200"} 1.0' in text
 
 
 def test_without_a_model_the_server_still_takes_telemetry(tmp_path):
-    client = TestClient(create_app(None, Settings(token=TOKEN)))
+    client = TestClient(create_app(None, Settings(token=TOKEN, allowed_hosts=TEST_HOSTS)))
     assert client.get("/status").json()["model"] is None
     assert_error(client.post("/generate", json={}), 503, "no model is loaded")
     assert_error(client.get("/model_config"), 503, "no model is loaded")
     report = {"step": 1, "metrics": {"val/bpb": 2.0}}
     assert client.post("/telemetry", json=report, headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host", "status"),
+    [
+        (LOOPBACK_HOSTS, "evil.example", 400),
+        (LOOPBACK_HOSTS, "127.0.0.1.evil.example:8000", 400),
+        (LOOPBACK_HOSTS, "127.0.0.1:8000", 200),
+        (LOOPBACK_HOSTS, "localhost", 200),
+        (LOOPBACK_HOSTS, "[::1]:8000", 200),
+        (("*.example.com",), "api.example.com", 200),
+        (("*",), "evil.example", 200),
+    ],
+)
+def test_only_allowed_host_headers_are_answered(tmp_path, allowed, host, status):
+    client = TestClient(_app(tmp_path, allowed_hosts=allowed))
+    response = client.get("/status", headers={"Host": host})
+    if status == 400:  # DNS rebinding: another site's name pointed at this machine
+        assert_error(response, 400, f"does not answer to the host {host!r}")
+    else:
+        assert response.status_code == 200, response.text
 
 
 def test_responses_carry_security_headers(client):
@@ -305,6 +414,37 @@ def live_server(app):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def _raw_request(url: str, data: bytes, timeout: float) -> bytes:
+    """Send ``data`` on a fresh connection to ``url``, then stall; what the server answers."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+        connection.sendall(data)
+        answer = b""
+        while b"}" not in answer:  # the JSON error's end
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def test_a_body_that_stalls_is_answered_408(tmp_path):
+    app = _app(tmp_path, limits=Limits(body_timeout_s=0.5))
+    with live_server(app) as url:
+        headers = (
+            b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        )
+        started = time.monotonic()
+        answer = _raw_request(url, headers + b'Content-Length: 100\r\n\r\n{"prompt": ', 5)
+        chunked = _raw_request(url, headers + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}", 5)
+        assert time.monotonic() - started < 3
+        for response in (answer, chunked):
+            assert response.startswith(b"HTTP/1.1 408"), response
+            assert b'"error":"the request body did not arrive within 0.5 s"' in response
+            assert b"nosniff" in response
+        assert httpx.get(f"{url}/status").status_code == 200  # and the server goes on
 
 
 def test_concurrent_generate_requests_all_complete(tmp_path):
@@ -447,6 +587,24 @@ def test_bitlm_serve_bad_input_is_one_line(run_cli, tmp_path):
         "max_concurrent",
     )
     assert_user_error(run_cli("serve", "limits.colour=red", cwd=tmp_path), "colour")
+    assert_user_error(
+        run_cli("serve", "limits.body_timeout_s=-1", cwd=tmp_path), "limits.body_timeout_s"
+    )
+    assert_user_error(run_cli("serve", "allowed_hosts=5", cwd=tmp_path), "allowed_hosts")
+
+
+def test_allowed_hosts_add_the_address_served_on_and_refuse_bad_patterns():
+    loopback = OmegaConf.create(list(LOOPBACK_HOSTS))
+    assert allowed_hosts(loopback, "127.0.0.1") == LOOPBACK_HOSTS
+    assert allowed_hosts(loopback, "0.0.0.0") == LOOPBACK_HOSTS  # every address: no name
+    assert allowed_hosts(loopback, "::") == LOOPBACK_HOSTS
+    assert allowed_hosts(OmegaConf.create(["*"]), "bitlm.lan") == ("*", "bitlm.lan")
+    assert allowed_hosts(OmegaConf.create([]), "fd00::5") == ("[fd00::5]",)  # as Host sends it
+    for bad in ([5], ["a*b"], ["*x.com"], [""]):
+        with pytest.raises(BitLMError, match="allowed_hosts"):
+            allowed_hosts(OmegaConf.create(bad), "127.0.0.1")
+    with pytest.raises(BitLMError, match="a list of host names"):
+        allowed_hosts("localhost", "127.0.0.1")
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -1,18 +1,23 @@
 """bitlm-mcp: a model's generate, evaluate and telemetry as Model Context Protocol tools.
 
 Speaks MCP over stdio (the official ``mcp`` SDK's ``MCPServer``), so an agent host starts it as
-a subprocess: ``bitlm-mcp ckpt_path=PATH``. Each tool takes text, never a path or code; the
-same size and time limits as ``bitlm-serve`` apply (``limits.*``), and generation is
-safety-gated unless ``safety.enabled=false``.
+a subprocess: ``bitlm-mcp ckpt_path=PATH``. Each tool takes text, never a path or code. Its
+arguments are validated by the models ``bitlm-serve`` validates its bodies with
+(``bitlm.serve.schemas``: generate takes ``POST /generate``'s fields), so the same bounds hold,
+unknown arguments are refused, and each bad one is a tool error naming it and why; the same
+size and time limits apply (``limits.*``), and generation is safety-gated unless
+``safety.enabled=false``.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+import typing
 from typing import Any
 
 from omegaconf import DictConfig
+from pydantic import create_model
 
 from bitlm.cli.app import hydra_app, optional_dependencies, pick_device
 from bitlm.cli.generate import bit_model
@@ -21,6 +26,7 @@ from bitlm.errors import BitLMError
 from bitlm.evaluate import compressor_references
 from bitlm.inference import generate_text, text_bpb, text_telemetry
 from bitlm.model import BitModel
+from bitlm.serve.schemas import GenerateRequest, TextRequest
 from bitlm.serve.state import Settings
 
 
@@ -30,75 +36,79 @@ def build_server(model: BitModel, settings: Settings):
         from mcp.server.mcpserver import MCPServer
         from mcp.server.mcpserver.exceptions import ToolError
     limits = settings.limits
-    server = MCPServer(
-        "bitlm",
-        instructions="A bit-native language model: continue text (generate), score text in "
-        "bits per byte (evaluate), and read its K/C/S telemetry on text (telemetry).",
-    )
 
-    def tool(function):
-        """Register ``function`` as a tool whose ``BitLMError`` reaches the client as the
-        tool's error message (any other error is the SDK's generic one)."""
+    def answered(function):
+        """``function(request)``, refusing a request over ``limits``; a ``BitLMError`` reaches
+        the client as the tool's error message (any other error is the SDK's generic one)."""
 
         @functools.wraps(function)
-        def answered(*args, **kwargs):
+        def tool(request):
             try:
-                return function(*args, **kwargs)
+                request.check_limits(limits)
+                return function(request)
             except BitLMError as err:
                 raise ToolError(str(err)) from err
 
-        return server.tool()(answered)
+        return tool
 
-    def checked(text: str, what: str) -> bytes:
-        data = text.encode()
-        if len(data) > limits.max_prompt_bytes:
-            raise BitLMError(f"{what} is {len(data)} bytes; at most {limits.max_prompt_bytes}")
-        return data
-
-    @tool
-    def generate(
-        prompt: str, max_new_bytes: int = 64, temperature: float = 0.8, seed: int = 0
-    ) -> dict[str, Any]:
-        """Continue the prompt by up to max_new_bytes bytes. Returns the text, its byte count,
-        parity errors (always 0: every byte is a valid 9-bit frame) and, when the safety gate
-        is on, the K/C/S telemetry the sample passed."""
-        if not 0 <= max_new_bytes <= limits.max_new_bytes:
-            raise BitLMError(f"max_new_bytes must be in [0, {limits.max_new_bytes}]")
-        if not 0 <= temperature <= 10:
-            raise BitLMError("temperature must be in [0, 10]")
+    @answered
+    def generate(request: GenerateRequest) -> dict[str, Any]:
+        """Continue the prompt by up to max_new_bytes bytes (the options of bitlm-serve's
+        POST /generate). Returns the text, its byte count, parity errors (always 0: every byte
+        is a valid 9-bit frame) and, when the safety gate is on, the K/C/S telemetry the
+        sample passed."""
         return generate_text(
             model,
-            checked(prompt, "the prompt"),
-            max_new_bytes,
-            seed=seed,
-            temperature=temperature,
+            request.prompt.encode(),
+            request.max_new_bytes,
             safety=settings.safety,
             deadline=time.monotonic() + limits.timeout_s,
+            **request.sampling_options(),
         )
 
-    @tool
-    def evaluate(text: str) -> dict[str, Any]:
+    @answered
+    def evaluate(request: TextRequest) -> dict[str, Any]:
         """Bits per byte of the text under the model (lower = better predicted), beside what
         standard compressors achieve on it."""
-        data = checked(text, "the text")
-        if not data:
-            raise BitLMError("the text is empty")
+        data = request.text.encode()
         return {
             "bpb": text_bpb(model, data),
             "bytes": len(data),
             "references": compressor_references(data),
         }
 
-    @tool
-    def telemetry(text: str) -> dict[str, float]:
+    @answered
+    def telemetry(request: TextRequest) -> dict[str, float]:
         """K (negentropy), C (LZ complexity) and S (symbiosis) of the model's predictions on
         the text, and the text's own K_data, C_data and exact LZ76 complexity C_lz76."""
-        data = checked(text, "the text")
-        if not data:
-            raise BitLMError("the text is empty")
-        return text_telemetry(model, data)
+        return text_telemetry(model, request.text.encode())
 
-    return server
+    return MCPServer(
+        "bitlm",
+        instructions="A bit-native language model: continue text (generate), score text in "
+        "bits per byte (evaluate), and read its K/C/S telemetry on text (telemetry).",
+        tools=[_tool(function) for function in (generate, evaluate, telemetry)],
+    )
+
+
+def _tool(function):
+    """The SDK's ``Tool`` for ``function(request)`` whose arguments are the fields of
+    ``request``'s model, validated by that model itself: the SDK would build its own argument
+    model from the signature, which drops unknown arguments silently; this one is the request
+    model (``extra="forbid"``, its bounds and validators) on the SDK's base."""
+    from mcp.server.mcpserver.tools import Tool
+    from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+
+    class Whole(ArgModelBase):
+        def model_dump_one_level(self) -> dict[str, Any]:
+            return {"request": self}  # the function's keyword arguments: the request, whole
+
+    request_model = typing.get_type_hints(function)["request"]
+    arguments = create_model(f"{function.__name__}Arguments", __base__=(request_model, Whole))
+    tool = Tool.from_function(function)
+    tool.fn_metadata.arg_model = arguments
+    tool.parameters = arguments.model_json_schema()
+    return tool
 
 
 def serve_mcp(cfg: DictConfig) -> None:

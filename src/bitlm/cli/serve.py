@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bitlm.cli.app import hydra_app, optional_dependencies, pick_device
 from bitlm.cli.generate import bit_model
@@ -15,6 +16,7 @@ from bitlm.hub import read_config
 from bitlm.serve.state import Limits, Settings
 
 TOKEN_VARIABLE = "BITLM_TOKEN"
+ANY_ADDRESS = ("0.0.0.0", "::")  # host= values that listen on every interface
 
 
 def serve(cfg: DictConfig) -> dict[str, Any]:
@@ -23,7 +25,7 @@ def serve(cfg: DictConfig) -> dict[str, Any]:
         import uvicorn
     app = build_app(cfg)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
-    return app.state.server.status()
+    return app.state.server.status(authorized=True)  # the operator's own summary
 
 
 def build_app(cfg: DictConfig):
@@ -40,6 +42,7 @@ def build_app(cfg: DictConfig):
 
 
 def server_settings(cfg: DictConfig) -> Settings:
+    """The ``Settings`` for ``cfg``; ``BitLMError`` (one line at startup) for a bad value."""
     try:
         limits = Limits(**OmegaConf.to_container(cfg.limits))
     except TypeError as err:
@@ -48,11 +51,16 @@ def server_settings(cfg: DictConfig) -> Settings:
         raise BitLMError("limits.max_prompt_bytes, max_body_bytes, max_concurrent must be >= 1")
     if limits.timeout_s <= 0 or limits.max_new_bytes < 0 or limits.max_queued < 0:
         raise BitLMError("limits.timeout_s must be > 0, max_new_bytes and max_queued >= 0")
+    if not limits.body_timeout_s > 0:
+        raise BitLMError(
+            f"limits.body_timeout_s must be > 0 (seconds), not {limits.body_timeout_s}"
+        )
     safety = None
     if cfg.safety.enabled:
         safety = {k: v for k, v in OmegaConf.to_container(cfg.safety).items() if k != "enabled"}
     return Settings(
         token=os.environ.get(TOKEN_VARIABLE) or None,
+        allowed_hosts=allowed_hosts(cfg.allowed_hosts, cfg.host),
         limits=limits,
         safety=safety,
         save_dir=Path(cfg.save_dir),
@@ -61,6 +69,20 @@ def server_settings(cfg: DictConfig) -> Settings:
         drift_window=cfg.drift_window,
         drift_metrics=tuple(cfg.drift_metrics),
     )
+
+
+def allowed_hosts(hosts: Any, host: str) -> tuple[str, ...]:
+    """``hosts`` (names, ``*.example.com`` patterns or ``*``) and the address the server listens
+    on, unless that is every address (then the names a client uses are unknown here)."""
+    if not isinstance(hosts, ListConfig) or not all(isinstance(h, str) and h for h in hosts):
+        raise BitLMError(
+            f"allowed_hosts must be a list of host names, like [example.com] or [*], not {hosts}"
+        )
+    for pattern in hosts:
+        if pattern != "*" and "*" in pattern and not re.fullmatch(r"\*\.[^*]+", pattern):
+            raise BitLMError(f"allowed_hosts: {pattern!r}: a wildcard is * or *.example.com")
+    listening = [] if host in ANY_ADDRESS else [f"[{host}]" if ":" in host else host]
+    return tuple(dict.fromkeys([*hosts, *listening]))
 
 
 main = hydra_app("serve", serve)

@@ -1,15 +1,48 @@
-"""What the server accepts, as pydantic models: unknown fields, wrong types and values out of
-range are refused (422) before any handler runs. Limits that depend on the server's settings
-(prompt size, output bytes) are checked in the handlers."""
+"""What the server (and the ``bitlm-mcp`` tools) accept, as pydantic models: unknown fields,
+wrong types, values out of range and text that is not valid Unicode are refused (422) before
+any handler runs. Limits that depend on the server's settings (prompt size, output bytes) are
+each request's ``check_limits``."""
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from bitlm.errors import BitLMError
 from bitlm.serve import MAX_TELEMETRY_METRICS, valid_metric_name
+
+if TYPE_CHECKING:
+    from bitlm.serve.state import Limits
+
+
+def _encodable(value: Any) -> Any:
+    """Refuse a string that has no UTF-8 encoding: JSON can carry a lone surrogate
+    (``"\\ud800"``). Run before pydantic's own string checks, whose message for it (on a
+    field with a length limit) says nothing a user can act on; other values go on to those."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"the text is not valid Unicode: it cannot be encoded as UTF-8 ({err.reason} "
+                f"at position {err.start})"
+            ) from None
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_encodable)]
+"""A string the model can read: one that has a UTF-8 encoding."""
+
+
+class OverLimit(BitLMError):
+    """A request its schema accepts but this server's ``Limits`` do not; ``status`` is the HTTP
+    answer (413: too many bytes sent, 422: too many asked for)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Request(BaseModel):
@@ -17,15 +50,46 @@ class Request(BaseModel):
 
 
 class GenerateRequest(Request):
-    prompt: str = ""
+    prompt: Text = ""
     max_new_bytes: int = Field(64, ge=0)
     mode: Literal["causal", "diffusion"] | None = None
     temperature: float = Field(0.8, ge=0.0, le=10.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = Field(0, ge=0, lt=2**63)
-    stop: str | None = Field(None, max_length=256)
-    suffix: str = Field("", max_length=4096)
+    stop: Text | None = Field(None, max_length=256)
+    suffix: Text = Field("", max_length=4096)
     diffusion_steps: int = Field(16, ge=1, le=1024)
+
+    def check_limits(self, limits: Limits) -> None:
+        """Refuse (``OverLimit``) a prompt and suffix over ``max_prompt_bytes`` or more output
+        than ``max_new_bytes``."""
+        size = len(self.prompt.encode()) + len(self.suffix.encode())
+        _check_size("prompt and suffix are", size, limits)
+        if self.max_new_bytes > limits.max_new_bytes:
+            raise OverLimit(f"max_new_bytes is at most {limits.max_new_bytes} on this server", 422)
+
+    def sampling_options(self) -> dict[str, Any]:
+        """``bitlm.inference.generate_text``'s keyword arguments for this request (its text as
+        UTF-8 bytes; an empty stop is none)."""
+        return {
+            "seed": self.seed,
+            "temperature": self.temperature,
+            "mode": self.mode,
+            "top_p": self.top_p,
+            "stop": self.stop.encode() if self.stop else None,
+            "suffix": self.suffix.encode(),
+            "diffusion_steps": self.diffusion_steps,
+        }
+
+
+class TextRequest(Request):
+    """A text to score (``bitlm-mcp``'s evaluate and telemetry tools)."""
+
+    text: Text = Field(min_length=1)
+
+    def check_limits(self, limits: Limits) -> None:
+        """Refuse (``OverLimit``) a text over ``max_prompt_bytes``."""
+        _check_size("the text is", len(self.text.encode()), limits)
 
 
 class SaveRequest(Request):
@@ -46,3 +110,10 @@ class TelemetryReport(Request):
             if not math.isfinite(value):
                 raise ValueError(f"metric {name} is not a finite number")
         return metrics
+
+
+def _check_size(what_is: str, size: int, limits: Limits) -> None:
+    if size > limits.max_prompt_bytes:
+        raise OverLimit(
+            f"{what_is} {size} bytes; this server takes at most {limits.max_prompt_bytes}", 413
+        )

@@ -375,7 +375,7 @@ class BitLMModule(L.LightningModule):
         ``max_bad_steps`` of them in a row."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-        loss = self.trainer.strategy.reduce(torch.stack(self.step_losses).mean(), "mean")
+        loss = self.trainer.strategy.reduce(torch.stack(self.step_losses).mean(), reduce_op="mean")
         self.step_losses.clear()
         if not self.health.judge_step(float(loss), finite):
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -86,7 +87,8 @@ def _annotated_kinds(target: str, parameter: str) -> set[type] | None:
 
 def _kinds(annotation: Any) -> set[type] | None:
     """Kinds of config values ``annotation`` admits: ``Optional[int]`` → {int, None},
-    ``Literal[32, "bf16-mixed"]`` → {int, str}; None for ``Any`` (anything goes)."""
+    ``Literal[32, "bf16-mixed"]`` → {int, str}, ``Sequence[str]`` → {list, str} (text is a
+    sequence); None for ``Any`` (anything goes)."""
     if annotation is Any:
         return None
     origin = typing.get_origin(annotation)
@@ -96,16 +98,18 @@ def _kinds(annotation: Any) -> set[type] | None:
     if origin is typing.Literal:
         return {_kind(arg) for arg in typing.get_args(annotation)}
     cls = origin or annotation
-    if not inspect.isclass(cls):
+    if not inspect.isclass(cls) or cls is object:
         return None
-    if issubclass(cls, bool):  # before int: bool is an int subclass, not an integer option
+    if cls is bool:  # before the rest: bool is an int subclass, not an integer option
         return {bool}
-    none = type(None)
-    for kind, kinds in ((int, {int}), (float, {float, int}), (str, {str}), (none, {none})):
-        if issubclass(cls, kind):
-            return kinds
+    scalars = (int, float, str, type(None))
+    kinds = {kind for kind in scalars if issubclass(kind, cls) or issubclass(cls, kind)}
+    if float in kinds:
+        kinds.add(int)  # an integer is a number
+    if issubclass(cls, os.PathLike):
+        kinds.add(str)  # a path is given as text
     if issubclass(cls, Mapping):
-        return {dict}
-    if issubclass(cls, Sequence):
-        return {list}
-    return set()  # a class no config value is (an Accelerator, a timedelta)
+        kinds.add(dict)
+    if issubclass(cls, (Sequence, tuple)) or issubclass(list, cls):
+        kinds.add(list)  # a config list also fills a tuple parameter
+    return kinds  # empty: a class no config value is (an Accelerator, a timedelta)

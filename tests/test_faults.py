@@ -10,12 +10,14 @@ import io
 import math
 import shutil
 import subprocess
+import typing
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_object
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -270,7 +272,7 @@ def _typed_leaves(config: str, required: list[str]) -> list[tuple[str, object]]:
         for key, value in node.items():
             if isinstance(value, dict):
                 yield from leaves(value, f"{prefix}{key}.")
-            elif isinstance(value, (bool, int, float)) and _precisely_typed(node):
+            elif isinstance(value, (bool, int, float)) and _precisely_typed(node, key):
                 yield f"{prefix}{key}", value
 
     from omegaconf import OmegaConf
@@ -278,10 +280,13 @@ def _typed_leaves(config: str, required: list[str]) -> list[tuple[str, object]]:
     return list(leaves(OmegaConf.to_container(cfg, resolve=False)))
 
 
-def _precisely_typed(node: dict) -> bool:
-    """A command's own option, or a parameter of a bitlm class (whose annotations name one
-    kind; a library's may admit text as well, like Lightning's ``devices``)."""
-    return str(node.get("_target_", "bitlm.")).startswith("bitlm.")
+def _precisely_typed(node: dict, key: str) -> bool:
+    """A command's own option, or a constructor parameter annotated with exactly one kind
+    (Lightning's ``devices`` or ``save_last`` also admit text, so they are not in the set)."""
+    if "_target_" not in node:
+        return True
+    hints = typing.get_type_hints(get_object(node["_target_"]).__init__)
+    return hints.get(key) in [kind | None for kind in (bool, int, float)] + [bool, int, float]
 
 
 REQUIRED = {"train": [], "eval": ["ckpt_path=x", "files=[x]"], "generate": ["ckpt_path=x"]}

@@ -19,7 +19,8 @@ from bitlm.errors import BitLMError
 from bitlm.hub import load_model
 from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
 from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule, growth_lr_factor
+from bitlm.lit.module import BitLMModule
+from bitlm.lit.optimization import growth_lr_factor
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import carry_optimizer_state, grow_to

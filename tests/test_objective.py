@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bitlm.lit.module import warmup_cosine
+from bitlm.lit.optimization import warmup_cosine
 from bitlm.objective import BitsPerByte, bit_cross_entropy, byte_cross_entropy
 
 

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from bitlm.bits import DATA_BITS, FRAME_BITS
 from bitlm.errors import BitLMError
 from bitlm.hub import save_pretrained, serialized_weights
-from bitlm.lit.module import optimizer_and_schedule
+from bitlm.lit.optimization import optimizer_and_schedule
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import grow_to

@@ -134,11 +134,16 @@ def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path
         return []
     stale = sorted(p for p in folder.iterdir() if pattern.fullmatch(p.name))
     for path in stale:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        remove_path(path)
     return stale
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a folder with everything below it; nothing if it is absent."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _existing_parent(path: Path) -> Path:

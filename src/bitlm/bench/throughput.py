@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from bitlm.bench.measure import corpus_batches, median, synchronize
 from bitlm.errors import BitLMError
-from bitlm.lit.module import BitLMModule, optimizer_and_schedule
+from bitlm.lit.module import BitLMModule
+from bitlm.lit.optimization import optimizer_and_schedule
 from bitlm.model.config import ModelConfig
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}

@@ -75,7 +75,7 @@ def hydra_app(config_name: str, task: Task, json_output: bool = True) -> Callabl
         if json_output and rank_zero_only.rank == 0:  # other ranks end silently
             bad = _non_finite(result)
             if bad:  # NaN is not JSON, and a silent null would be a wrong answer
-                fail(f"{bad} came out as {_at(result, bad)}, not a finite number: {NON_FINITE}")
+                fail(f"{bad[0]} came out as {bad[1]}, not a finite number: {NON_FINITE}")
             print(json.dumps(result, ensure_ascii=False), flush=True)
         return objective(cfg, result)
 
@@ -91,7 +91,7 @@ def hydra_app(config_name: str, task: Task, json_output: bool = True) -> Callabl
 def check_overrides(config_name: str, overrides: list[str]) -> None:
     """Compose the config once before Hydra runs, so an unknown key, a bad value or a missing
     required option is one line on stderr rather than Hydra's multi-line report, and check
-    that every ``key=value`` keeps the type of the value it replaces (``check_types``). Flags
+    that every ``key=value`` is of a kind its key admits (``config_types.check_value``). Flags
     (``--help``, ``--multirun`` …) are left to Hydra."""
     if any(arg.startswith("-") for arg in overrides):
         return
@@ -112,12 +112,13 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
     missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
     if missing:
         fail(f"missing required option(s) {', '.join(missing)}: pass them as key=value")
+    given, default = (OmegaConf.to_container(c, resolve=False) for c in (cfg, defaults))
     for override in parsed:
         if not (override.is_delete() or override in groups or _is_hydra(override)):
             key = override.key_or_group
-            value, target = _node(cfg, key)
+            value, target = _node(given, key)
             try:
-                check_value(key, value, _node(defaults, key)[0], target)
+                check_value(key, value, _node(default, key)[0], target)
             except BitLMError as err:
                 fail(str(err))
 
@@ -132,10 +133,10 @@ def _is_hydra(override: Override) -> bool:
     return override.key_or_group.split(".")[0] == "hydra"
 
 
-def _node(cfg: DictConfig, key: str) -> tuple[Any, str | None]:
-    """The value at dotted ``key`` (interpolations unresolved: a ``${…}`` stays text) and the
-    ``_target_`` of the node holding it (None if that node is built by no target)."""
-    node: Any = OmegaConf.to_container(cfg, resolve=False)
+def _node(config: dict[str, Any], key: str) -> tuple[Any, str | None]:
+    """The value at dotted ``key`` of a config container (interpolations left unresolved: a
+    ``${…}`` stays text) and the ``_target_`` of the node holding it (None if there is none)."""
+    node: Any = config
     target = None
     for part in key.split("."):
         target = node.get("_target_") if isinstance(node, dict) else None
@@ -160,11 +161,7 @@ def _is_utf8(text: str) -> bool:
 def _not_utf8_hint(arg: str) -> str:
     key = arg.partition("=")[0]
     shown = arg.encode(errors="surrogateescape")[:40]
-    return f"{shown!r} is not UTF-8 text, which is all an override can hold" + (
-        f": pass such bytes in a file, {key}_file=PATH ({key}_file=- reads stdin)"
-        if key in TEXT_FILE_OPTIONS
-        else ""
-    )
+    return f"{shown!r} is not UTF-8 text, which is all an override can hold" + _file_hint(key)
 
 
 def _unquoted_hint(override: Override) -> str:
@@ -173,30 +170,27 @@ def _unquoted_hint(override: Override) -> str:
     return (
         f"{override.input_line!r}: Hydra reads a comma in a value as a list of choices; quote "
         f"the whole value, e.g. \"{key}='{value}'\" (with the outer quotes for the shell)"
-        + (
-            f", or pass the text in a file: {key}_file=PATH ({key}_file=- reads stdin)"
-            if key in TEXT_FILE_OPTIONS
-            else ""
-        )
+        + _file_hint(key)
     )
 
 
-def _non_finite(result: Any, prefix: str = "") -> str | None:
-    """The dotted key of the first NaN or infinite number in ``result``, else None."""
+def _file_hint(key: str) -> str:
+    """Where ``key`` has a ``<key>_file`` form: how to pass the text that way."""
+    if key not in TEXT_FILE_OPTIONS:
+        return ""
+    return f"; or pass the text in a file: {key}_file=PATH ({key}_file=- reads stdin)"
+
+
+def _non_finite(result: Any, prefix: str = "") -> tuple[str, float] | None:
+    """The dotted key and value of the first NaN or infinite number in ``result``, else None."""
     if isinstance(result, float) and not math.isfinite(result):
-        return prefix.rstrip(".") or "the result"
+        return prefix.rstrip(".") or "the result", result
     items = result.items() if isinstance(result, dict) else []
     for key, value in items:
         bad = _non_finite(value, f"{prefix}{key}.")
-        if bad:
+        if bad is not None:
             return bad
     return None
-
-
-def _at(result: dict[str, Any], dotted: str) -> Any:
-    for key in dotted.split("."):
-        result = result[key]
-    return result
 
 
 def _user_error(err: BaseException) -> BaseException | None:

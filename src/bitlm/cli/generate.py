@@ -25,9 +25,9 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     model = bit_model(cfg.ckpt_path, device)
     options = {
         "mode": sampling_mode(model, cfg.mode),
-        "suffix": _utf8(cfg.suffix or ""),
+        "suffix": (cfg.suffix or "").encode(),
         "top_p": cfg.top_p,
-        "stop": _utf8(cfg.stop) if cfg.stop else None,
+        "stop": cfg.stop.encode() if cfg.stop else None,
         "kv_cache": cfg.kv_cache,
         "diffusion_steps": cfg.diffusion_steps,
         "schedule": cfg.schedule,
@@ -57,7 +57,7 @@ def prompt_bytes(prompt: str | None, prompt_file: str | None) -> bytes:
     """The prompt's bytes: ``prompt`` (text from the command line), or the raw bytes of
     ``prompt_file`` (``-``: standard input), which need no quoting and may hold any bytes."""
     if prompt_file is None:
-        return _utf8(prompt or "")
+        return (prompt or "").encode()
     if prompt:
         raise BitLMError("pass the prompt as prompt=… or prompt_file=…, not both")
     if prompt_file == "-":
@@ -66,10 +66,6 @@ def prompt_bytes(prompt: str | None, prompt_file: str | None) -> bytes:
         return Path(prompt_file).expanduser().read_bytes()
     except OSError as err:
         raise BitLMError(f"cannot read prompt_file={prompt_file}: {err.strerror}") from err
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode()
 
 
 def bit_model(path: str, device: torch.device) -> BitModel:

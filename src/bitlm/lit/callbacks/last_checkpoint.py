@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from bitlm.files import replace_dir
+from bitlm.files import remove_path, replace_dir
 from bitlm.lit.health import is_healthy
 
 
@@ -51,7 +50,7 @@ class LastCheckpoint(ModelCheckpoint):
         """An unconfirmed save a killed run left behind is never confirmed: remove it."""
         super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero:
-            _remove(self.unconfirmed_path)
+            remove_path(self.unconfirmed_path)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         step = trainer.global_step
@@ -79,7 +78,7 @@ class LastCheckpoint(ModelCheckpoint):
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             if not confirmed:
-                _remove(self.unconfirmed_path)
+                remove_path(self.unconfirmed_path)
             elif self.unconfirmed_path.is_dir():
                 replace_dir(self.unconfirmed_path, self.last_path)
             else:
@@ -100,10 +99,3 @@ class BestCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_healthy(pl_module):
             super().on_validation_end(trainer, pl_module)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

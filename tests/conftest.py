@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +54,52 @@ def run_cli(cache_dir):
         return CliResult(returncode, stdout, stderr)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def refused(cache_dir):
+    """``refused("eval", "ckpt_path=…", cwd=tmp)``: run the command's ``main`` in this process
+    and return its ``CliResult``, for inputs the command must refuse. The exit status, stdout
+    and the ``error:`` line come from the same code as in a subprocess (``hydra_app``'s
+    ``fail``), without a new interpreter importing torch each time; an exception other than
+    that exit (a traceback) fails the test. Logging and warning settings are restored."""
+
+    def run(command: str, *overrides: str, cwd: Path) -> CliResult:
+        main = importlib.import_module(f"bitlm.cli.{command}").main
+        env = {"BITLM_CACHE_DIR": str(cache_dir), "BITLM_LOG_DIR": str(cwd)}
+        out, err = io.StringIO(), io.StringIO()
+        with (
+            _process_state(cwd, env, [command, *overrides]),
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            try:
+                main()
+                code = 0
+            except SystemExit as stop:
+                code = stop.code
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    return run
+
+
+@contextlib.contextmanager
+def _process_state(cwd: Path, env: dict[str, str], argv: list[str]):
+    """Run with ``cwd``, ``env`` and ``sys.argv`` set, and the root logger as it was after."""
+    root = logging.getLogger()
+    saved = (os.getcwd(), dict(os.environ), sys.argv, root.handlers[:], root.level)
+    os.chdir(cwd)
+    os.environ.update(env)
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        os.chdir(saved[0])
+        os.environ.clear()
+        os.environ.update(saved[1])
+        sys.argv, root.handlers[:] = saved[2], saved[3]
+        root.setLevel(saved[4])
 
 
 def run_process_group(

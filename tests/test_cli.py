@@ -120,64 +120,64 @@ def test_unknown_override_is_one_line(run_cli, tmp_path):
     assert_user_error(result, "d_modle")
 
 
-def test_max_seq_len_not_multiple_of_9(run_cli, tmp_path):
-    result = run_cli("train", "model=tiny", "model.max_seq_len=100", cwd=tmp_path)
+def test_max_seq_len_not_multiple_of_9(refused, tmp_path):
+    result = refused("train", "model=tiny", "model.max_seq_len=100", cwd=tmp_path)
     assert_user_error(result, "multiple of 9", "99 or 108")
 
 
-def test_training_text_shorter_than_a_window(run_cli, tmp_path):
+def test_training_text_shorter_than_a_window(refused, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("far too short")
-    result = run_cli("train", "model=tiny", "data=text", f"data.paths=[{short}]", cwd=tmp_path)
+    result = refused("train", "model=tiny", "data=text", f"data.paths=[{short}]", cwd=tmp_path)
     assert_user_error(result, "14 bytes", "needed")  # 13 + the newline that ends the file
 
 
-def test_training_text_missing_file(run_cli, tmp_path):
-    result = run_cli("train", "model=tiny", "data=text", "data.paths=[nope.txt]", cwd=tmp_path)
+def test_training_text_missing_file(refused, tmp_path):
+    result = refused("train", "model=tiny", "data=text", "data.paths=[nope.txt]", cwd=tmp_path)
     assert_user_error(result, "nope.txt")
 
 
-def test_eval_missing_empty_and_absent_files(trained_run, run_cli, tmp_path):
+def test_eval_missing_empty_and_absent_files(trained_run, refused, tmp_path):
     run_dir, _ = trained_run
     ckpt = f"ckpt_path={run_dir / 'model'}"
-    assert_user_error(run_cli("eval", ckpt, "files=[missing.txt]", cwd=tmp_path), "missing.txt")
+    assert_user_error(refused("eval", ckpt, "files=[missing.txt]", cwd=tmp_path), "missing.txt")
     (tmp_path / "empty.txt").write_bytes(b"")
-    assert_user_error(run_cli("eval", ckpt, "files=[empty.txt]", cwd=tmp_path), "empty")
-    assert_user_error(run_cli("eval", ckpt, cwd=tmp_path), "files")
+    assert_user_error(refused("eval", ckpt, "files=[empty.txt]", cwd=tmp_path), "empty")
+    assert_user_error(refused("eval", ckpt, cwd=tmp_path), "files")
 
 
-def test_missing_and_corrupt_checkpoints(trained_run, run_cli, english_file, tmp_path):
+def test_missing_and_corrupt_checkpoints(trained_run, refused, english_file, tmp_path):
     files = f"files=[{english_file}]"
-    missing = run_cli("eval", f"ckpt_path={tmp_path / 'none.ckpt'}", files, cwd=tmp_path)
+    missing = refused("eval", f"ckpt_path={tmp_path / 'none.ckpt'}", files, cwd=tmp_path)
     assert_user_error(missing, "not found")
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"\x00garbage" * 100)
     assert_user_error(
-        run_cli("eval", f"ckpt_path={corrupt}", files, cwd=tmp_path), "could not read"
+        refused("eval", f"ckpt_path={corrupt}", files, cwd=tmp_path), "could not read"
     )
     run_dir, _ = trained_run
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes()[:5000])
-    assert_user_error(run_cli("generate", f"ckpt_path={truncated}", cwd=tmp_path), "could not read")
+    assert_user_error(refused("generate", f"ckpt_path={truncated}", cwd=tmp_path), "could not read")
     bad_dir = tmp_path / "export"
     bad_dir.mkdir()
     (bad_dir / "config.json").write_text("{not json")
     (bad_dir / "model.safetensors").write_bytes(b"junk")
-    assert_user_error(run_cli("generate", f"ckpt_path={bad_dir}", cwd=tmp_path), "could not read")
+    assert_user_error(refused("generate", f"ckpt_path={bad_dir}", cwd=tmp_path), "could not read")
 
 
-def test_resume_without_checkpoint(run_cli, tmp_path):
-    result = run_cli(
+def test_resume_without_checkpoint(refused, tmp_path):
+    result = refused(
         "train", "model=tiny", "ckpt_path=last", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
     )
     assert_user_error(result, "not found", "hydra.run.dir")
 
 
-def test_bad_sampling_options(trained_run, run_cli, tmp_path):
+def test_bad_sampling_options(trained_run, refused, tmp_path):
     run_dir, _ = trained_run
     ckpt = f"ckpt_path={run_dir / 'model'}"
-    assert_user_error(run_cli("generate", ckpt, "top_p=0", cwd=tmp_path), "top_p")
-    assert_user_error(run_cli("generate", ckpt, "max_new_bytes=-1", cwd=tmp_path), "max_new_bytes")
+    assert_user_error(refused("generate", ckpt, "top_p=0", cwd=tmp_path), "top_p")
+    assert_user_error(refused("generate", ckpt, "max_new_bytes=-1", cwd=tmp_path), "max_new_bytes")
 
 
 def test_export_loads_as_plain_module(trained_run):
@@ -219,16 +219,16 @@ def test_own_text_run_leaves_a_final_loadable_and_resumable_checkpoint(run_cli, 
     assert resumed.json["steps"] == 15
 
 
-def test_non_text_prompt_and_bad_model_values(trained_run, run_cli, tmp_path):
+def test_non_text_prompt_and_bad_model_values(trained_run, refused, tmp_path):
     run_dir, _ = trained_run
-    result = run_cli("generate", f"ckpt_path={run_dir / 'model'}", "prompt=true", cwd=tmp_path)
+    result = refused("generate", f"ckpt_path={run_dir / 'model'}", "prompt=true", cwd=tmp_path)
     assert_user_error(result, "prompt", "quote")
-    assert_user_error(run_cli("train", "model=tiny", "model.dropout=abc", cwd=tmp_path), "dropout")
-    too_long = run_cli("train", "model=tiny", "data.seq_len=576", cwd=tmp_path)
+    assert_user_error(refused("train", "model=tiny", "model.dropout=abc", cwd=tmp_path), "dropout")
+    too_long = refused("train", "model=tiny", "data.seq_len=576", cwd=tmp_path)
     assert_user_error(too_long, "data.seq_len=576", "max_seq_len=288")
 
 
-def test_generate_refuses_the_byte_baseline(run_cli, tmp_path):
+def test_generate_refuses_the_byte_baseline(refused, tmp_path):
     from bitlm.hub import save_pretrained
     from bitlm.model import build_model
     from bitlm.model.config import ModelConfig
@@ -237,7 +237,7 @@ def test_generate_refuses_the_byte_baseline(run_cli, tmp_path):
         unit="byte", reversible=False, d_model=32, n_heads=2, n_layers=1, max_seq_len=72
     )
     save_pretrained(build_model(config), tmp_path / "byte_model")
-    result = run_cli("generate", f"ckpt_path={tmp_path / 'byte_model'}", cwd=tmp_path)
+    result = refused("generate", f"ckpt_path={tmp_path / 'byte_model'}", cwd=tmp_path)
     assert_user_error(result, "unit=byte", "bit models")
 
 
@@ -260,6 +260,6 @@ def test_hierarchical_trunk_trains_evaluates_and_generates(run_cli, english_file
     assert sampled.json["bytes"] == 30 and sampled.json["parity_errors"] == 0
 
 
-def test_byte_baseline_refuses_the_hierarchical_trunk(run_cli, tmp_path):
-    result = run_cli("train", "model=byte_baseline", "model.trunk=hierarchical", cwd=tmp_path)
+def test_byte_baseline_refuses_the_hierarchical_trunk(refused, tmp_path):
+    result = refused("train", "model=byte_baseline", "model.trunk=hierarchical", cwd=tmp_path)
     assert_user_error(result, "model.unit=byte", "model.trunk=flat")

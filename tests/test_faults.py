@@ -46,9 +46,11 @@ def _resumable_copy(trained_run, tmp_path: Path) -> Path:
     return copy
 
 
-def _train(run_cli, run_dir: Path, *overrides: str):
+def _train(runner, run_dir: Path, *overrides: str):
+    """``bitlm-train`` with the tiny recipe in ``run_dir``, by ``runner`` (``run_cli``, or
+    ``refused`` for a run that must stop at an error)."""
     settings_ = [o for o in TINY_TRAIN if not o.startswith("trainer.max_steps")]
-    return run_cli("train", *settings_, *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    return runner("train", *settings_, *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
 
 
 # --- 1. resume honours the command line ------------------------------------------------------
@@ -69,25 +71,25 @@ def test_resume_takes_the_new_learning_rate_and_schedule_and_says_so(
     assert group["lr"] == pytest.approx(1e-4 * 0.1)  # the 50-step schedule's end: min_lr_ratio
 
 
-def test_resume_with_another_architecture_names_both(trained_run, run_cli, tmp_path):
+def test_resume_with_another_architecture_names_both(trained_run, refused, tmp_path):
     run_dir = _resumable_copy(trained_run, tmp_path)
-    result = _train(run_cli, run_dir, "ckpt_path=last", "model.n_layers=3", "trainer.max_steps=50")
+    result = _train(refused, run_dir, "ckpt_path=last", "model.n_layers=3", "trainer.max_steps=50")
     assert_user_error(result, "n_layers=2", "n_layers=3", "finetune=true")
 
 
-def test_resume_of_a_finished_run_says_so(trained_run, run_cli, tmp_path):
+def test_resume_of_a_finished_run_says_so(trained_run, refused, tmp_path):
     run_dir = _resumable_copy(trained_run, tmp_path)
-    result = _train(run_cli, run_dir, "ckpt_path=last", "trainer.max_steps=40")
+    result = _train(refused, run_dir, "ckpt_path=last", "trainer.max_steps=40")
     assert_user_error(result, "at step 40", "trainer.max_steps=40")
 
 
 def test_resume_from_a_truncated_checkpoint_is_one_line_naming_the_best_one(
-    trained_run, run_cli, tmp_path
+    trained_run, refused, tmp_path
 ):
     run_dir = _resumable_copy(trained_run, tmp_path)
     last = run_dir / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    result = _train(run_cli, run_dir, "ckpt_path=last", "trainer.max_steps=50")
+    result = _train(refused, run_dir, "ckpt_path=last", "trainer.max_steps=50")
     assert_user_error(result, "cannot resume", "truncated", "best-step")
 
 
@@ -189,15 +191,15 @@ def nan_export(trained_run, tmp_path) -> Path:
     return export
 
 
-def test_nan_weights_are_refused_at_load_naming_the_tensor(nan_export, run_cli, english_file):
+def test_nan_weights_are_refused_at_load_naming_the_tensor(nan_export, refused, english_file):
     name = sorted(load_file(nan_export / "model.safetensors"))[0]
     with pytest.raises(BitLMError, match=f"weight {name} holds NaN"):
         load_model(nan_export)
     files = f"files=[{english_file}]"
     assert_user_error(
-        run_cli("eval", f"ckpt_path={nan_export}", files, cwd=nan_export.parent), name
+        refused("eval", f"ckpt_path={nan_export}", files, cwd=nan_export.parent), name
     )
-    generated = run_cli("generate", f"ckpt_path={nan_export}", cwd=nan_export.parent)
+    generated = refused("generate", f"ckpt_path={nan_export}", cwd=nan_export.parent)
     assert_user_error(generated, name, "NaN")
 
 
@@ -259,8 +261,8 @@ def test_overrides_of_an_admitted_kind_pass(override):
     check_overrides("train", [override])  # no exit
 
 
-def test_a_value_a_library_refuses_is_one_line_naming_its_key(run_cli, tmp_path):
-    result = run_cli("train", "model=tiny", "trainer.val_check_interval=0.5", cwd=tmp_path)
+def test_a_value_a_library_refuses_is_one_line_naming_its_key(refused, tmp_path):
+    result = refused("train", "model=tiny", "trainer.val_check_interval=0.5", cwd=tmp_path)
     assert_user_error(result, "trainer:", "val_check_interval")
 
 

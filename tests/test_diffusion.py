@@ -439,25 +439,25 @@ def test_eval_of_a_diffusion_model_reports_the_bound_and_denoising(
         assert 0.5 < level["bit_accuracy"] <= 1 and level["loss"] > 0
 
 
-def test_generate_refuses_diffusion_mode_for_a_causal_model(trained_run, run_cli, tmp_path):
+def test_generate_refuses_diffusion_mode_for_a_causal_model(trained_run, refused, tmp_path):
 
     run_dir, _ = trained_run
     model = f"ckpt_path={run_dir / 'model'}"
-    refused = run_cli("generate", model, "mode=diffusion", cwd=tmp_path)
-    assert_user_error(refused, "trained with model.mode=causal", "experiment=diffusion")
-    refused = run_cli("generate", model, "suffix=abc", cwd=tmp_path)
-    assert_user_error(refused, "infilling")
+    result = refused("generate", model, "mode=diffusion", cwd=tmp_path)
+    assert_user_error(result, "trained with model.mode=causal", "experiment=diffusion")
+    result = refused("generate", model, "suffix=abc", cwd=tmp_path)
+    assert_user_error(result, "infilling")
 
 
-def test_eval_refuses_bad_noise_levels(tmp_path, run_cli):
+def test_eval_refuses_bad_noise_levels(tmp_path, refused):
 
     folder = tmp_path / "model"
     save_pretrained(diffusion_model(), folder)
     (tmp_path / "a.txt").write_text(ENGLISH)
-    refused = run_cli(
+    result = refused(
         "eval", f"ckpt_path={folder}", "files=[a.txt]", "noise_levels=[0,0.5]", cwd=tmp_path
     )
-    assert_user_error(refused, "noise_levels must be numbers in (0, 1]")
+    assert_user_error(result, "noise_levels must be numbers in (0, 1]")
 
 
 def test_data_bits_only_count_in_denoising_accuracy():

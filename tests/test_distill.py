@@ -125,7 +125,7 @@ def test_bad_options_are_refused(windows, change, message):
         collapse_submodel(teacher, windows, 10**6, **options)
 
 
-def test_bitlm_distill_writes_the_student_and_reports_it(run_cli, trained_run, tmp_path):
+def test_bitlm_distill_writes_the_student_and_reports_it(run_cli, refused, trained_run, tmp_path):
     run_dir, _ = trained_run
     out = tmp_path / "student"
     result = run_cli(
@@ -146,5 +146,5 @@ def test_bitlm_distill_writes_the_student_and_reports_it(run_cli, trained_run, t
     rounds = json.loads((out / "metrics.json").read_text())["rounds"]
     assert rounds[0]["parameters"] <= 100_000 < report["teacher"]["parameters"]
     assert load_model(out).config.to_dict() == rounds[-1]["model"]  # the last round's student
-    missing = run_cli("distill", "teacher=nowhere", "target_params=1000", cwd=tmp_path)
+    missing = refused("distill", "teacher=nowhere", "target_params=1000", cwd=tmp_path)
     assert_user_error(missing, "nowhere")

@@ -261,10 +261,10 @@ def test_extend_context_finetunes_and_reports_bpb_at_both_lengths(run_cli, train
     assert load_model(tmp_path / "extended" / "model").config.max_seq_len == 576
 
 
-def test_finetune_needs_a_model_and_a_growable_architecture(run_cli, trained_run, tmp_path):
+def test_finetune_needs_a_model_and_a_growable_architecture(refused, trained_run, tmp_path):
     run_dir, _ = trained_run
-    missing = run_cli("train", "experiment=extend_context", *TINY_TRAIN, cwd=tmp_path)
-    other = run_cli(
+    missing = refused("train", "experiment=extend_context", *TINY_TRAIN, cwd=tmp_path)
+    other = refused(
         "train",
         "experiment=extend_context",
         f"ckpt_path={run_dir / 'model'}",

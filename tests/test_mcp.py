@@ -131,5 +131,5 @@ def test_safety_gated_generation_reports_its_telemetry(trained_run):
     assert payload["attempts"] == 1 and "S" in payload["telemetry"]
 
 
-def test_bitlm_mcp_without_a_model_is_one_line(run_cli, tmp_path):
-    assert_user_error(run_cli("mcp_server", cwd=tmp_path), "needs a model")
+def test_bitlm_mcp_without_a_model_is_one_line(refused, tmp_path):
+    assert_user_error(refused("mcp_server", cwd=tmp_path), "needs a model")

@@ -578,19 +578,19 @@ def test_bitlm_serve_command_serves_and_shuts_down_cleanly(trained_run, tmp_path
     assert summary["requests"] >= 4
 
 
-def test_bitlm_serve_bad_input_is_one_line(run_cli, tmp_path):
+def test_bitlm_serve_bad_input_is_one_line(refused, tmp_path):
     assert_user_error(
-        run_cli("serve", f"ckpt_path={tmp_path / 'nothing'}", cwd=tmp_path), "checkpoint not found"
+        refused("serve", f"ckpt_path={tmp_path / 'nothing'}", cwd=tmp_path), "checkpoint not found"
     )
     assert_user_error(
-        run_cli("serve", "ckpt_path=null", "limits.max_concurrent=0", cwd=tmp_path),
+        refused("serve", "ckpt_path=null", "limits.max_concurrent=0", cwd=tmp_path),
         "max_concurrent",
     )
-    assert_user_error(run_cli("serve", "limits.colour=red", cwd=tmp_path), "colour")
+    assert_user_error(refused("serve", "limits.colour=red", cwd=tmp_path), "colour")
     assert_user_error(
-        run_cli("serve", "limits.body_timeout_s=-1", cwd=tmp_path), "limits.body_timeout_s"
+        refused("serve", "limits.body_timeout_s=-1", cwd=tmp_path), "limits.body_timeout_s"
     )
-    assert_user_error(run_cli("serve", "allowed_hosts=5", cwd=tmp_path), "allowed_hosts")
+    assert_user_error(refused("serve", "allowed_hosts=5", cwd=tmp_path), "allowed_hosts")
 
 
 def test_allowed_hosts_add_the_address_served_on_and_refuse_bad_patterns():

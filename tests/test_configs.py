@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from bitlm.cli.app import config_dir
+from bitlm.cli.train import training_length
 from bitlm.lit.strategies import FSDP2Strategy
 from bitlm.model.config import ModelConfig
 
@@ -32,6 +33,40 @@ def test_cli_group_choice_beats_the_experiment():
     cfg = _compose("train", "model=tiny")
     assert cfg.model.d_model == 64
     assert cfg.trainer.max_steps == _compose("train").trainer.max_steps
+
+
+@pytest.mark.parametrize(
+    "choice", ["trainer=cpu", "trainer=gpu", "trainer=fsdp", "trainer=multinode"]
+)
+def test_a_chosen_trainer_never_inherits_the_quickstart_budget(choice):
+    assert _compose("train").trainer.max_steps == 3500  # bitlm-train alone: the quickstart
+    trainer = _compose("train", choice).trainer
+    assert (trainer.max_steps, trainer.max_epochs) == (-1, None)  # one pass over the data
+    assert training_length(trainer) == {"max_epochs": 1}
+    assert training_length(_compose("train", choice, "trainer.max_steps=9").trainer) == {}
+
+
+@pytest.mark.parametrize(
+    "group, option", [(g, o) for g in ("trainer", "experiment") for o in _options(g)]
+)
+def test_no_preset_caps_the_wall_clock(group, option):
+    overrides = ["ckpt_path=x"] if option == "extend_context" else []
+    assert _compose("train", f"{group}={option}", *overrides).trainer.max_time is None
+
+
+@pytest.mark.parametrize("option", ["gpu", "ddp", "fsdp", "multinode"])
+def test_gpu_presets_train_bf16_compiled_with_tf32_matmuls(option):
+    cfg = _compose("train", f"trainer={option}")
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.model.compile is True and cfg.float32_matmul_precision == "high"
+    assert _compose("train", f"trainer={option}", "model.compile=false").model.compile is False
+
+
+@pytest.mark.parametrize("option", ["default", "cpu", "ddp_sim", "fsdp_sim"])
+def test_cpu_presets_keep_the_cpu_defaults(option):
+    cfg = _compose("train", f"trainer={option}")
+    assert cfg.trainer.precision == "auto" and cfg.model.compile is False
+    assert cfg.float32_matmul_precision == "highest"
 
 
 @pytest.mark.parametrize("group", ["logger", "callbacks"])

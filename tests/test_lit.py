@@ -9,6 +9,7 @@ from bitlm.hub import save_pretrained
 from bitlm.lit.datamodule import BitDataModule
 from bitlm.lit.module import BitLMModule
 from bitlm.model.config import ModelConfig
+from bitlm.model.flops import batch_flops
 from bitlm.telemetry.metrics import marginal_reference, symbiosis
 from tests.conftest import quiet_trainer
 
@@ -135,3 +136,15 @@ def test_each_precision_trains_the_reversible_model(tmp_path, precision):
     module = _fit_steps(tmp_path, 2, precision)
     assert all(torch.isfinite(p).all() for p in module.parameters())
     assert module.health.bad_steps == 0
+
+
+def test_flops_per_batch_counts_the_training_batch_after_setup(tmp_path):
+    module = BitLMModule(TELEMETRY_CONFIG)
+    assert module.flops_per_batch is None  # no batch shape before the trainer's setup
+    _one_step(module, tmp_path)
+    config = module.model.config
+    module.train()
+    assert module.flops_per_batch == batch_flops(config, 4, 72, training=True) > 0
+    module.eval()
+    assert module.flops_per_batch == batch_flops(config, 4, 72, training=False)
+    assert module.example_input_array.shape == (4, 72)

@@ -1,6 +1,8 @@
 """Bit models (flat and hierarchical trunks) and the byte baseline: config validation,
 attention, reversible stack, causality, parity, generation."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
@@ -10,6 +12,7 @@ from bitlm.errors import BitLMError
 from bitlm.model import HierarchicalBitLM, build_model
 from bitlm.model.attention import SelfAttention
 from bitlm.model.config import ModelConfig
+from bitlm.model.flops import batch_flops
 from bitlm.model.generate import generate
 from bitlm.model.transformer import BitTransformerLM, capture_internals
 
@@ -315,3 +318,22 @@ def test_capture_internals_records_attention_and_activations_without_changing_lo
     assert internals.activations[2][0].shape == (2, positions, 32)
     assert all(block.f.attn.record is None for block in model.trunk.blocks)
     assert not any(block.g._forward_pre_hooks for block in model.trunk.blocks)
+
+
+@pytest.mark.parametrize("unit, head", [("byte", 256), ("bit", 510)])
+def test_batch_flops_are_the_matmuls_of_forward_and_twice_that_backward(unit, head):
+    """Forward: B·T·(24·L·d² + 2·d·head) for the projections and output head, B·L·4·T²·d for
+    QKᵀ and AV (counted full, as the kernel computes them); backward twice forward."""
+    B, T, d, L = 4, 32, 32, 2
+    trunk = "flat" if unit == "byte" else "hierarchical"
+    config = tiny(max_seq_len=9 * T, unit=unit, trunk=trunk, reversible=False)
+    forward = B * T * (24 * L * d * d + 2 * d * head) + B * L * 4 * T * T * d
+    assert batch_flops(config, B, 9 * T, training=False) == forward
+    assert batch_flops(config, B, 9 * T, training=True) == 3 * forward
+
+
+def test_reversible_batch_flops_are_its_plain_twins_model_flops():
+    """MFU counts model FLOPs: the recomputed forward of the reversible backward is left out."""
+    config = tiny(trunk="hierarchical", reversible=True)
+    plain = dataclasses.replace(config, reversible=False)
+    assert batch_flops(config, 2, 72, training=True) == batch_flops(plain, 2, 72, training=True)

@@ -347,7 +347,7 @@ def _as_bit_tensor(bits: object, *, one_d: bool) -> torch.Tensor:
             f"bit length {length} is not a multiple of {FRAME_BITS}: "
             f"each byte is one {FRAME_BITS}-bit frame, so the length must be a multiple of 9"
         )
-    if bits.dtype == torch.bool:
+    if bits.dtype == torch.bool or bits.is_meta:  # a meta tensor has a shape, no values
         bits = bits.to(torch.uint8)
     elif bits.dtype != torch.uint8:
         wide = bits.to(torch.int64)  # also covers uint16/32/64, which lack some kernels

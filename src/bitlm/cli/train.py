@@ -28,6 +28,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     JSON line."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
+    set_matmul_precision(cfg.float32_matmul_precision)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     if rank_zero_only.rank == 0:  # before any process of this run writes
         _remove_leftovers(output_dir)
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks=callbacks,
         logger=loggers or False,
         precision=resolve_precision(cfg.trainer.precision),
+        **training_length(cfg.trainer),
     )
     old_context = load_model(source).config.max_seq_len if cfg.finetune else None
     extended = cfg.finetune and old_context < module.model.config.max_seq_len
@@ -80,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": _existing(output_dir / "checkpoints" / "last.ckpt"),
         "model_dir": _existing(output_dir / "model"),
     }
+    if torch.cuda.is_initialized():  # this process's GPU high-water mark, for sizing runs
+        summary["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
     if extended:  # context extension: val bpb at the source's and the new context length
         summary["val_bpb_by_context"] = {
             "before": before,
@@ -136,6 +140,25 @@ def _bytes_read(trainer: L.Trainer, datamodule: L.LightningDataModule, steps: in
     batches of ``batch_size`` windows of ``seq_len / 9`` bytes on each of ``world_size`` ranks."""
     windows = steps * trainer.accumulate_grad_batches * trainer.world_size
     return windows * datamodule.hparams.batch_size * (datamodule.hparams.seq_len // FRAME_BITS)
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(precision: str) -> None:
+    """``torch.set_float32_matmul_precision``, refusing a value torch does not know."""
+    if precision not in MATMUL_PRECISIONS:
+        raise BitLMError(
+            f"float32_matmul_precision={precision!r}: choose one of {', '.join(MATMUL_PRECISIONS)}"
+        )
+    torch.set_float32_matmul_precision(precision)
+
+
+def training_length(trainer: DictConfig) -> dict[str, int]:
+    """With no ``max_steps``, ``max_epochs`` or ``max_time``, one pass over the training
+    windows (``max_epochs=1``), where Lightning would run 1 000 epochs; else nothing to add."""
+    unset = trainer.max_steps == -1 and trainer.max_epochs is None
+    return {"max_epochs": 1} if unset and trainer.get("max_time") is None else {}
 
 
 def resolve_precision(precision: str) -> str:

@@ -33,6 +33,7 @@ from bitlm.lit.strategies import shard_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import ADJUSTABLE, GROWABLE, grow_to
+from bitlm.model.flops import batch_flops
 from bitlm.objective import BitsPerByte, bit_cross_entropy
 from bitlm.quantize import prepare_qat
 from bitlm.telemetry.losses import KCSLoss
@@ -164,6 +165,8 @@ class BitLMModule(L.LightningModule):
         self.step_losses: list[Tensor] = []  # of the micro-batches of the current step
         self.run_seed = 0  # the seed the run started from (on_fit_start)
         self.configured = False  # configure_model runs for fit and again for validate
+        self.batch_shape: tuple[int, int] | None = None  # (windows, bits) of a training batch
+        self.flops: dict[bool, int] = {}  # model FLOPs of one batch, by training mode
         _check_telemetry_options(self.kcs, config, symbiosis_reference, reference_model, telemetry)
         self.telemetry = telemetry and self.bit_model
         self.register_buffer("reference_marginal", torch.full((FRAME_BITS,), 0.5))
@@ -183,10 +186,29 @@ class BitLMModule(L.LightningModule):
         return self.model(bits)
 
     def setup(self, stage: str) -> None:
-        """Estimate the ``marginal`` symbiosis reference from the training data."""
+        """Estimate the ``marginal`` symbiosis reference from the training data, and count the
+        model FLOPs of its batches (``flops_per_batch``)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and hasattr(datamodule, "byte_counts"):
             self.reference_marginal.copy_(marginal_reference(datamodule.byte_counts()))
+            self.batch_shape = (datamodule.hparams.batch_size, datamodule.hparams.seq_len)
+            self._count_flops()
+
+    @property
+    def flops_per_batch(self) -> int | None:
+        """Model FLOPs of one batch (``bitlm.model.flops``): forward and backward in training,
+        forward in validation. Lightning's ``ThroughputMonitor`` reads it every batch and logs
+        FLOPs/s, and MFU where it knows the device's peak (CUDA GPUs)."""
+        return self.flops.get(self.training)
+
+    def _count_flops(self) -> None:
+        """Count once per architecture (again after a growth); the summary's FLOPs column runs
+        the model on one zero batch (``example_input_array``)."""
+        if self.batch_shape is None:
+            return
+        config = self.model.config
+        self.flops = {mode: batch_flops(config, *self.batch_shape, mode) for mode in (True, False)}
+        self.example_input_array = torch.zeros(self.batch_shape, dtype=torch.uint8)
 
     def configure_model(self) -> None:
         """With ``qat``, insert 4-bit fake quantizers into the linear layers
@@ -222,6 +244,7 @@ class BitLMModule(L.LightningModule):
             )
         self.model = model.to(self.device)
         self.hparams["model"] = model.config.to_dict()
+        self._count_flops()
         if self.configured:
             self._prepare(self.model)
 
@@ -433,7 +456,12 @@ class BitLMModule(L.LightningModule):
                 "set trainer.max_steps or trainer.max_epochs: the LR schedule needs it"
             )
         optimizer, scheduler = optimizer_and_schedule(
-            self, self.hparams, int(total), self.growths, self.global_step
+            self,
+            self.hparams,
+            int(total),
+            self.growths,
+            self.global_step,
+            str(self.trainer.precision),
         )
         return {
             "optimizer": optimizer,

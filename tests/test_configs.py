@@ -12,6 +12,7 @@ from bitlm.cli.app import config_dir
 from bitlm.cli.train import training_length
 from bitlm.lit.strategies import FSDP2Strategy
 from bitlm.model.config import ModelConfig
+from tests.conftest import assert_user_error
 
 
 def _compose(name: str, *overrides: str, hydra: bool = False):
@@ -184,3 +185,8 @@ def test_default_configs_list_every_option_of_their_class(group, target):
     cls = getattr(importlib.import_module(module_name), class_name)
     options = set(inspect.signature(cls.__init__).parameters) - {"self"}
     assert set(_compose("train")[group]) - {"_target_"} == options
+
+
+def test_an_unknown_matmul_precision_is_one_error_line(refused, tmp_path):
+    result = refused("train", "model=tiny", "float32_matmul_precision=fast", cwd=tmp_path)
+    assert_user_error(result, "float32_matmul_precision='fast'", "highest, high, medium")

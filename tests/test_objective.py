@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bitlm.lit.optimization import warmup_cosine
+from bitlm.lit.optimization import fused_adamw, warmup_cosine
 from bitlm.objective import BitsPerByte, bit_cross_entropy, byte_cross_entropy
 
 
@@ -51,3 +51,11 @@ def test_warmup_then_cosine_to_floor():
     assert f(60) == pytest.approx(0.55)
     assert f(110) == pytest.approx(0.1)
     assert f(500) == pytest.approx(0.1)
+
+
+def test_adamw_runs_fused_on_cuda_except_under_fp16_scaling():
+    assert fused_adamw({"cuda"}, "bf16-mixed") is True
+    assert fused_adamw({"cuda"}, "32-true") is True
+    assert fused_adamw({"cuda"}, "16-mixed") is None  # the scaler must unscale before clipping
+    assert fused_adamw({"cpu"}, "bf16-mixed") is None
+    assert fused_adamw({"cuda", "cpu"}, "32-true") is None

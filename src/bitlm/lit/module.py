@@ -191,8 +191,7 @@ class BitLMModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and hasattr(datamodule, "byte_counts"):
             self.reference_marginal.copy_(marginal_reference(datamodule.byte_counts()))
-            self.batch_shape = (datamodule.hparams.batch_size, datamodule.hparams.seq_len)
-            self._count_flops()
+            self.count_flops((datamodule.hparams.batch_size, datamodule.hparams.seq_len))
 
     @property
     def flops_per_batch(self) -> int | None:
@@ -201,9 +200,11 @@ class BitLMModule(L.LightningModule):
         FLOPs/s, and MFU where it knows the device's peak (CUDA GPUs)."""
         return self.flops.get(self.training)
 
-    def _count_flops(self) -> None:
-        """Count once per architecture (again after a growth); the summary's FLOPs column runs
-        the model on one zero batch (``example_input_array``)."""
+    def count_flops(self, batch_shape: tuple[int, int] | None = None) -> None:
+        """Count the model FLOPs of batches of ``batch_shape`` (windows, bits), or of the shape
+        counted last (after a growth): once per architecture. The summary's FLOPs column runs
+        the model on one zero batch of that shape (``example_input_array``)."""
+        self.batch_shape = batch_shape or self.batch_shape
         if self.batch_shape is None:
             return
         config = self.model.config
@@ -244,7 +245,7 @@ class BitLMModule(L.LightningModule):
             )
         self.model = model.to(self.device)
         self.hparams["model"] = model.config.to_dict()
-        self._count_flops()
+        self.count_flops()
         if self.configured:
             self._prepare(self.model)
 

@@ -120,6 +120,22 @@ def test_unknown_override_is_one_line(run_cli, tmp_path):
     assert_user_error(result, "d_modle")
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--cfg", "job", "model=nope"], "Could not find 'model/nope'"),
+        (["-m", "model=nope"], "Could not find 'model/nope'"),
+        (["-cn", "eval", "ckpt_path=x", "files=[x]", "batch_size=abc"], "batch_size='abc'"),
+        (["logger=wandb"], "Available options in 'logger': csv, none, tensorboard"),
+        (["--cfg", "job", "-m", "model=tiny"], "only one of --run, --multirun and --cfg"),
+    ],
+)
+def test_a_mistake_is_one_line_whatever_the_flags(refused, tmp_path, args, named):
+    result = refused("train", *args, cwd=tmp_path)
+    assert_user_error(result, named)
+    assert "Config search path" not in result.stderr  # where Hydra looked is no part of it
+
+
 def test_max_seq_len_not_multiple_of_9(refused, tmp_path):
     result = refused("train", "model=tiny", "model.max_seq_len=100", cwd=tmp_path)
     assert_user_error(result, "multiple of 9", "99 or 108")

@@ -1,34 +1,47 @@
 """What every bitlm command shares: config location, override checking, errors, JSON output.
 
-Contract (scripts rely on it): progress and logs go to stderr; the last line on stdout is one
-JSON object; a user mistake prints ``error: <one line>`` to stderr and exits with status 2.
+Contract (scripts rely on it): progress and logs go to stderr (and the run's train.log); the
+last line on stdout is one JSON object; a user mistake prints ``error: <one line>`` to stderr
+and exits with status 2. In a multirun a job that fails is such a line naming the job, and the
+other jobs run (``bitlm.cli.sweep``).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, InstantiationException
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
+from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bitlm.cli import sweep
 from bitlm.cli.config_types import check_value
 from bitlm.errors import BitLMError
+from bitlm.lit.callbacks.progress import log_to_files
 
 Task = Callable[[DictConfig], dict[str, Any]]
 
@@ -56,28 +69,47 @@ def config_dir() -> Path:
     return bundled if bundled.is_dir() else package.parents[1] / "configs"
 
 
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+"""Loggers that Lightning, imported before Hydra configures logging, gives a stderr handler of
+their own (lightning/__init__.py), the last two not propagating (lightning/pytorch/__init__.py):
+their lines missed train.log, or would show twice on stderr."""
+HYDRA_OWN_FLAGS = ("help", "hydra_help", "shell_completion", "info", "experimental_rerun")
+"""Command-line flags whose work is Hydra's alone: help, completion, information, a rerun."""
+
+log = logging.getLogger(__name__)
+
+
 def hydra_app(config_name: str, task: Task, json_output: bool = True) -> Callable[[], None]:
     """Turn ``task(cfg) -> dict`` into a console-script ``main`` honouring the contract.
     ``json_output=False``: stdout is the task's own (``bitlm-mcp`` speaks MCP on it), and the
-    task's result is not printed."""
+    task's result is not printed.
+
+    A job of a multirun that fails (a user error, a non-finite result, any exception) does not
+    end the sweep: it is one ``error:`` line on stderr naming the job, its record in the sweep
+    folder (``bitlm.cli.sweep``) and an objective of None, which the Optuna sweeper records as
+    a failed trial (``float(None)`` fails; a NaN would make optuna 2's ``tell`` raise)."""
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def run(cfg: DictConfig) -> float | None:
-        stdout = contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext()
+        _log_through_root()
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
-            with stdout:  # keep stdout for the JSON line
-                result = task(cfg)
+            value = _complete(task, cfg, json_output)
         except Exception as err:
             user_error = _user_error(err)
-            if user_error is None:
+            if multirun:
+                if user_error is None:
+                    sweep.report_failure(f"{type(err).__name__}: {_one_line(err)}", err)
+                else:
+                    sweep.report_failure(_one_line(user_error))
+                return None
+            if user_error is None:  # Hydra prints the traceback on stderr; the log keeps it too
+                log_to_files(log, logging.ERROR, "the run ended with an error:", err)
                 raise
             fail(_one_line(user_error))
-        if json_output and rank_zero_only.rank == 0:  # other ranks end silently
-            bad = _non_finite(result)
-            if bad:  # NaN is not JSON, and a silent null would be a wrong answer
-                fail(f"{bad[0]} came out as {bad[1]}, not a finite number: {NON_FINITE}")
-            print(json.dumps(result, ensure_ascii=False), flush=True)
-        return objective(cfg, result)
+        if multirun:
+            sweep.record_job(None)
+        return value
 
     def main() -> None:
         for pattern in HARMLESS_WARNINGS:
@@ -88,39 +120,146 @@ def hydra_app(config_name: str, task: Task, json_output: bool = True) -> Callabl
     return main
 
 
-def check_overrides(config_name: str, overrides: list[str]) -> None:
-    """Compose the config once before Hydra runs, so an unknown key, a bad value or a missing
-    required option is one line on stderr rather than Hydra's multi-line report, and check
-    that every ``key=value`` is of a kind its key admits (``config_types.check_value``). Flags
-    (``--help``, ``--multirun`` …) are left to Hydra."""
-    if any(arg.startswith("-") for arg in overrides):
+def _complete(task: Task, cfg: DictConfig, json_output: bool) -> float | None:
+    """Run ``task``, print its result as the JSON line, return the sweeper's objective."""
+    stdout = contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext()
+    with stdout:  # keep stdout for the JSON line
+        result = task(cfg)
+    printing = json_output and rank_zero_only.rank == 0  # other ranks end silently
+    bad = _non_finite(result) if printing else None
+    if bad:  # NaN is not JSON, and a silent null would be a wrong answer
+        raise BitLMError(f"{bad[0]} came out as {bad[1]}, not a finite number: {NON_FINITE}")
+    value = objective(cfg, result)
+    if printing:
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+    return value
+
+
+def _log_through_root() -> None:
+    """Send Lightning's log lines through the handlers Hydra has just configured (stderr and
+    train.log) instead of the stderr handler Lightning gave them: in train.log, once on stderr."""
+    if not logging.getLogger().handlers:  # logging left unconfigured: keep Lightning's own
         return
-    for arg in overrides:
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def check_overrides(config_name: str, argv: list[str]) -> None:
+    """Compose the config before Hydra runs, as the command line will (``--config-name``,
+    ``--config-path``, ``--config-dir``; ``--cfg``, ``-m`` …), so that an unknown key, a bad
+    value or a missing required option is one line on stderr rather than Hydra's multi-line
+    report, and check that every ``key=value`` is of a kind its key admits
+    (``config_types.check_value``). In a multirun (``-m``, or a config setting ``hydra.mode:
+    MULTIRUN`` such as ``hparams_search=optuna``) each value of a sweep is checked, so a
+    mistake that would fail every job is refused once, before any runs. ``--help``, ``--info``
+    and the like, and flags Hydra does not know, are left to Hydra."""
+    args, unknown = get_args_parser().parse_known_args(argv)
+    if unknown or any(getattr(args, flag) for flag in HYDRA_OWN_FLAGS):
+        return
+    if args.run + args.multirun + (args.cfg is not None) > 1:
+        fail("give only one of --run, --multirun and --cfg")
+    if args.resolve and args.cfg is None:
+        fail("--resolve goes with --cfg (job, hydra or all)")
+    for arg in args.overrides:
         if not _is_utf8(arg):
             fail(_not_utf8_hint(arg))
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        for override in parsed:
-            if override.is_sweep_override():
-                fail(_unquoted_hint(override))
-        with hydra.initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = hydra.compose(config_name, overrides=overrides)
-            groups = [o for o in parsed if _selects_group(o)]
-            defaults = hydra.compose(config_name, overrides=[o.input_line for o in groups])
+        with _hydra_as_the_command(args):
+            _check_jobs(args.config_name or config_name, args)
     except (HydraException, OmegaConfBaseException) as err:
         fail(_one_line(err))
-    missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
+
+
+@contextlib.contextmanager
+def _hydra_as_the_command(args: argparse.Namespace) -> Iterator[None]:
+    """Hydra set up to find configs where the command will: the config tree or
+    ``--config-path`` (relative to this module, as ``hydra.main`` reads it), and, before the
+    schemas, ``--config-dir``."""
+    primary = args.config_path or str(config_dir())
+    search_path = create_automatic_config_search_path(None, __name__, primary)
+    if args.config_dir is not None:
+        folder = os.path.abspath(args.config_dir)
+        if not os.path.isdir(folder):
+            fail(f"--config-dir {folder} is not a folder")
+        anchor = SearchPathQuery(provider="schema")
+        search_path.prepend("command-line", f"file://{folder}", anchor=anchor)
+    backup = get_gh_backup()
+    Hydra.create_main_hydra2(task_name="check", config_search_path=search_path)
+    try:
+        yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def _check_jobs(config_name: str, args: argparse.Namespace) -> None:
+    """Check the first job (every sweep at its first value) in full; then each other value of
+    a sweep: a group option by composing its job, any other value by its kind. A sweep outside
+    a multirun (``--cfg`` shows one job's config) is a value with an unquoted comma."""
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    parsed = parser.parse_overrides(args.overrides)
+    values = [_job_values(override) for override in parsed]
+    first = [v[0] for v in values if v]
+    cfg = hydra.compose(config_name, overrides=first, return_hydra_config=True)
+    sweeps = [override for override in parsed if override.is_sweep_override()]
+    multirun = args.multirun or (args.cfg is None and cfg.hydra.mode == RunMode.MULTIRUN)
+    if sweeps and not multirun:
+        fail(_unquoted_hint(sweeps[0]))
+    ConfigLoaderImpl.validate_sweep_overrides_legal(parsed, RunMode.MULTIRUN, from_shell=True)
+    given, default = _check_job(config_name, parser.parse_overrides(first), cfg)
+    for index, others in enumerate(values):
+        for line in others[1:]:
+            override = parser.parse_override(line)
+            if _selects_group(override):
+                job = [v[0] if i != index else line for i, v in enumerate(values) if v]
+                composed = hydra.compose(config_name, overrides=job, return_hydra_config=True)
+                _check_job(config_name, parser.parse_overrides(job), composed)
+            else:
+                _check_kind(override, given, default)
+
+
+def _job_values(override: Override) -> list[str]:
+    """``override`` as the jobs of a sweep get it: itself; or one ``key=value`` per value of a
+    choice, range or glob sweep, as Hydra's basic sweeper writes them; or none for an interval,
+    whose values the Optuna sweeper draws."""
+    if not override.is_sweep_override():
+        return [override.input_line]
+    if not override.is_discrete_sweep():
+        return []
+    key = override.get_key_element()
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
+
+
+def _check_job(
+    config_name: str, overrides: list[Override], cfg: DictConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The job composed as ``cfg`` sets every required option, and each of its ``overrides``
+    has a value of a kind its key admits. Returns that config and the one its group choices
+    (and Hydra settings: ``hydra.searchpath``) alone give, whose values the overrides replace,
+    as containers."""
+    groups = [o for o in overrides if _selects_group(o)]
+    kept = [o.input_line for o in overrides if o in groups or _is_hydra(o)]  # hydra.searchpath
+    defaults = hydra.compose(config_name, overrides=kept)
+    given = OmegaConf.to_container(cfg, resolve=False)
+    del given["hydra"]  # Hydra fills its own mandatory values in as it runs
+    missing = _missing_keys(given)
     if missing:
         fail(f"missing required option(s) {', '.join(missing)}: pass them as key=value")
-    given, default = (OmegaConf.to_container(c, resolve=False) for c in (cfg, defaults))
-    for override in parsed:
+    default = OmegaConf.to_container(defaults, resolve=False)
+    for override in overrides:
         if not (override.is_delete() or override in groups or _is_hydra(override)):
-            key = override.key_or_group
-            value, target = _node(given, key)
-            try:
-                check_value(key, value, _node(default, key)[0], target)
-            except BitLMError as err:
-                fail(str(err))
+            _check_kind(override, given, default)
+    return given, default
+
+
+def _check_kind(override: Override, given: dict[str, Any], default: dict[str, Any]) -> None:
+    key = override.key_or_group
+    try:
+        check_value(key, override.value(), _node(default, key)[0], _node(given, key)[1])
+    except BitLMError as err:
+        fail(str(err))
 
 
 def _selects_group(override: Override) -> bool:
@@ -231,18 +370,40 @@ def objective(cfg: DictConfig, result: dict[str, Any]) -> float | None:
         return None
     if not isinstance(result.get(name), (int, float)):
         numeric = sorted(k for k, v in result.items() if isinstance(v, (int, float)))
-        fail(f"optimized_metric={name} is not a number in the summary; choose one of {numeric}")
+        raise BitLMError(
+            f"optimized_metric={name} is not a number in the summary; choose one of {numeric}"
+        )
     return float(result[name])
 
 
 def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """``error: message`` on stderr and in the run's log (if one is open); exit status 2."""
+    line = f"error: {message}"
+    log_to_files(log, logging.ERROR, line)
+    print(line, file=sys.stderr, flush=True)
     sys.exit(2)
 
 
 def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return " ".join(lines[:2]) if lines else type(err).__name__
+    """``err``'s whole message on one line: its lines joined by ``; `` (a space after a full
+    stop), the list under a heading that ends in ``:`` (Hydra's ``Available options in
+    'logger':``) by ``, ``; without Hydra's ``Config search path:`` block (where it looked,
+    not what is wrong)."""
+    parts: list[str] = []
+    listing = False
+    for raw in str(err).split("\nConfig search path:")[0].splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if raw[0].isspace() and parts and (listing or parts[-1].endswith(":")):
+            parts[-1] += (", " if listing else " ") + line
+            listing = True
+        else:
+            parts.append(line)
+            listing = False
+    if not parts:
+        return type(err).__name__
+    return "".join(p + (" " if p.endswith(".") else "; ") for p in parts[:-1]) + parts[-1]
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
-"""Exact resume, atomic checkpoints and the non-finite step guard."""
+"""Exact resume (after a kill, after a preemption), atomic checkpoints and the non-finite step
+guard."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -84,9 +86,11 @@ def _train(run_dir: Path, cache_dir: Path, *extra: str) -> subprocess.Popen:
     )
 
 
-def _finish(proc: subprocess.Popen) -> None:
-    _, stderr = proc.communicate(timeout=600)
+def _finish(proc: subprocess.Popen) -> dict:
+    """The JSON summary of a run that must succeed."""
+    stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _wait_for_saves(proc: subprocess.Popen, checkpoint: Path, saves: int) -> None:
@@ -105,8 +109,32 @@ def _state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
-def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_bit_for_bit(tmp_path, cache_dir):
-    _finish(_train(tmp_path / "whole", cache_dir))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir) -> dict:
+    """The final state of a ``RESUME_TRAIN`` run that nothing stopped, run once for the tests
+    that compare an interrupted and resumed run with it."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    _finish(_train(run_dir, cache_dir))
+    return _state(run_dir)
+
+
+def _assert_same_state(whole: dict, resumed: dict) -> None:
+    """The same step, weights and Adam moments, bit for bit, and the same LR schedule and
+    health record (loss EMA, step counts, best validation)."""
+    assert resumed["global_step"] == whole["global_step"] == 150
+    assert resumed["lr_schedulers"] == whole["lr_schedulers"]
+    assert resumed["health"] == whole["health"]
+    for name, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+    adam_whole, adam_resumed = whole["optimizer_states"][0], resumed["optimizer_states"][0]
+    for key, state in adam_whole["state"].items():
+        for field, value in state.items():
+            assert torch.equal(value, adam_resumed["state"][key][field]), (key, field)
+
+
+def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_bit_for_bit(
+    tmp_path, cache_dir, uninterrupted
+):
     killed = tmp_path / "killed"
     proc = _train(killed, cache_dir)
     _wait_for_saves(proc, killed / "checkpoints" / "last.ckpt", random.randint(1, 4))
@@ -117,14 +145,44 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_bit_for_bit(t
     stopped_at = _state(killed)["global_step"]
     assert 7 <= stopped_at < 150, stopped_at  # killed mid-run, after at least one checkpoint
     _finish(_train(killed, cache_dir, "ckpt_path=last"))
-    whole, resumed = _state(tmp_path / "whole"), _state(killed)
-    assert resumed["global_step"] == whole["global_step"] == 150
-    for name, value in whole["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][name]), name
-    adam_whole, adam_resumed = whole["optimizer_states"][0], resumed["optimizer_states"][0]
-    for key, state in adam_whole["state"].items():
-        for field, value in state.items():
-            assert torch.equal(value, adam_resumed["state"][key][field]), (key, field)
+    _assert_same_state(uninterrupted, _state(killed))
+
+
+# --- preemption: a signal, a save at the step boundary, a requeue ---------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* is not empty")  # the rerun
+def test_a_preempted_run_saves_exits_for_a_requeue_and_resumes_to_the_same_weights(
+    tmp_path, cache_dir, uninterrupted, refused
+):
+    """SIGUSR1 mid-run: last.ckpt at the next step, no export, status 75 and one line saying
+    how to resume; ``ckpt_path=auto`` started the run fresh (an empty run dir) and resumes it to
+    the uninterrupted run's state; run once more, it finds the run finished and trains nothing."""
+    run_dir, last = tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.ckpt"
+    proc = _train(run_dir, cache_dir, "ckpt_path=auto")
+    _wait_for_saves(proc, last, random.randint(1, 4))
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 75, stderr[-3000:]
+    assert f"ckpt_path=auto: no {last} yet, starting fresh" in stderr
+    step = _state(run_dir)["global_step"]
+    assert 7 < step < 150, step
+    lines = [line for line in stderr.splitlines() if line.startswith("preempted:")]
+    assert lines == [
+        f"preempted: SIGUSR1 at step {step}: saved {last}; to resume, run again with "
+        "ckpt_path=auto and the same hydra.run.dir"
+    ]
+    assert "Traceback" not in stderr and not (run_dir / "model").exists()  # nothing exported
+    summary = _finish(_train(run_dir, cache_dir, "ckpt_path=auto"))
+    assert summary["steps"] == 150 and summary["model_dir"] == str(run_dir / "model")
+    _assert_same_state(uninterrupted, _state(run_dir))
+    saved = last.stat().st_mtime_ns
+    again = refused(
+        "train", *RESUME_TRAIN, f"hydra.run.dir={run_dir}", "ckpt_path=auto", cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{last} is at step 150: the run is finished" in again.stderr
+    assert again.json["steps"] == 150 and last.stat().st_mtime_ns == saved
 
 
 # --- atomic checkpoints ---------------------------------------------------------------------

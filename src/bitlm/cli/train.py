@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     if rank_zero_only.rank == 0:  # before any process of this run writes
         _remove_leftovers(output_dir)
-    source = resume_path(cfg.ckpt_path, output_dir)
-    if cfg.finetune and source is None:
+    ckpt_path = requeue_default(cfg.ckpt_path)
+    source = resume_path(ckpt_path, output_dir)
+    if cfg.finetune and (source is None or ckpt_path == "auto"):
         raise BitLMError("finetune=true starts from ckpt_path=MODEL (a .ckpt or exported folder)")
     if source is not None and not cfg.finetune:
-        _check_resumable(source, cfg.trainer.max_steps)
+        _check_resumable(source, cfg.trainer.max_steps, finished_ok=ckpt_path == "auto")
     # first: model config errors come first
     init = {"init_from": source} if cfg.finetune else {}
     module = instantiate(cfg.module, _convert_="all", **init)
@@ -100,8 +102,11 @@ def _remove_leftovers(output_dir: Path) -> None:
             rank_zero_info(f"removed {path}, left by an interrupted save")
 
 
-def _check_resumable(source: str, max_steps: int) -> None:
-    """The checkpoint reads whole, holds finite weights, and has steps left to train."""
+def _check_resumable(source: str, max_steps: int, finished_ok: bool = False) -> None:
+    """The checkpoint reads whole, holds finite weights, and has steps left to train. Under
+    ``ckpt_path=auto`` a checkpoint at ``max_steps`` is a finished run, not a mistake: a job
+    requeued after its training ended (preempted in the final validation) or a command run
+    again; the fit then trains nothing, and the final validation reports the run."""
     try:
         step = checkpoint_step(source)
     except BitLMError as err:
@@ -109,10 +114,12 @@ def _check_resumable(source: str, max_steps: int) -> None:
         hint = f"; to resume from the best one: ckpt_path={others[-1]}" if others else ""
         raise BitLMError(f"cannot resume: {err}{hint}") from err
     if 0 <= max_steps <= step:
-        raise BitLMError(
-            f"{source} is at step {step}, already at trainer.max_steps={max_steps}: nothing "
-            "to train; pass a larger trainer.max_steps to train on"
-        )
+        if not finished_ok:
+            raise BitLMError(
+                f"{source} is at step {step}, already at trainer.max_steps={max_steps}: nothing "
+                "to train; pass a larger trainer.max_steps to train on"
+            )
+        rank_zero_info(f"ckpt_path=auto: {source} is at step {step}: the run is finished")
 
 
 def _context_limit(callback: L.Callback) -> int:
@@ -180,11 +187,19 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``None`` → fresh start; ``last`` → <run dir>/checkpoints/last.ckpt; else that path (a
-    file, or the folder of a sharded checkpoint)."""
+    """``None`` → fresh start; ``auto`` → <run dir>/checkpoints/last.ckpt if it exists, else a
+    fresh start; ``last`` → that file, which must exist; else that path (a file, or the folder
+    of a sharded checkpoint)."""
     if ckpt_path is None:
         return None
-    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path == "auto":
+        if last.exists():
+            rank_zero_info(f"ckpt_path=auto: resuming from {last}")
+            return str(last)
+        rank_zero_info(f"ckpt_path=auto: no {last} yet, starting fresh")
+        return None
+    path = last if ckpt_path == "last" else Path(ckpt_path)
     if not path.exists():
         hint = (
             " (ckpt_path=last needs the same hydra.run.dir as the run)"
@@ -193,6 +208,18 @@ def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         )
         raise BitLMError(f"checkpoint to resume from not found: {path}{hint}")
     return str(path)
+
+
+def requeue_default(ckpt_path: str | None) -> str | None:
+    """``ckpt_path``, except that ``null`` means ``auto`` in a job SLURM requeued
+    (``SLURM_RESTART_COUNT`` ≥ 1: after a preemption, or a time limit under submitit, whose
+    requeue repeats the command line): a requeued job starting again from step 0 over its own
+    run is never what anyone wants."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if ckpt_path is not None or restarts == 0:
+        return ckpt_path
+    rank_zero_info(f"SLURM_RESTART_COUNT={restarts}: a requeued job resumes as ckpt_path=auto")
+    return "auto"
 
 
 def _existing(path: Path) -> str | None:

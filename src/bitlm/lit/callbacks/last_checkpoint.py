@@ -22,7 +22,8 @@ class LastCheckpoint(ModelCheckpoint):
     ``.last.unconfirmed.ckpt`` and renamed onto ``last.ckpt`` only once the next optimizer step
     was judged healthy (``bitlm.lit.health``); after a bad step it is deleted, and while
     training is unhealthy nothing is saved. ``last.ckpt`` is therefore always a state to
-    recover from. The save at the end is written directly when training is healthy.
+    recover from. The save at the end (and at a preemption: ``Preemption``) takes no verdict:
+    it is made when training is healthy.
 
     Lightning's ``save_last`` skips the end-of-training save when a periodic one already ran, so
     ``last.ckpt`` could lag up to N − 1 steps behind the weights that were exported. Saves run in
@@ -63,14 +64,23 @@ class LastCheckpoint(ModelCheckpoint):
             self.unconfirmed_step = step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Training ended healthy: its final state is the one to resume from (a save awaiting
-        a verdict is either that state or one the later steps confirmed)."""
+        self.save_now(trainer, pl_module)
+
+    def save_now(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Make the current state ``last.ckpt`` if training is healthy (training ended, or a
+        preemption stops it: ``Preemption``); True when it was. A save awaiting a verdict is
+        settled first: it is either this state or one the later steps confirmed. The state is
+        written to the unconfirmed path and renamed, so that a kill mid-save leaves the previous
+        ``last.ckpt`` whole even when it is a sharded checkpoint's folder, which the strategy
+        writes file by file."""
         healthy = is_healthy(pl_module)
         if self.unconfirmed_step is not None:
             self._settle(trainer, confirmed=healthy)
         if healthy and trainer.global_step != self.saved_step:
-            trainer.save_checkpoint(self.last_path)
+            trainer.save_checkpoint(self.unconfirmed_path)
             self.saved_step = trainer.global_step
+            self._settle(trainer, confirmed=True)
+        return healthy
 
     def _settle(self, trainer: L.Trainer, confirmed: bool) -> None:
         """Rename the unconfirmed save onto ``last.ckpt`` (a file, or a sharded checkpoint's

@@ -55,7 +55,6 @@ NON_FINITE = (
 # Upstream notices that say nothing to a bitlm user (library internals, not their settings).
 HARMLESS_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",  # torch 2.13 deprecation inside Lightning
-    r".*you need to define a `flops_per_batch`.*",  # ThroughputMonitor: we log bits/s, not MFU
     # Lightning cannot see that the window order resumes from global_step (ResumableSampler)
     r".*your dataloader is not resumable.*",
 )

@@ -14,12 +14,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
-from bitlm.bits import FRAME_BITS
 from bitlm.cli.app import hydra_app
 from bitlm.errors import BitLMError
 from bitlm.files import remove_stale_temporaries
 from bitlm.hub import checkpoint_step, load_model
 from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
+from bitlm.lit.callbacks.progress import bytes_per_step
 from bitlm.lit.module import FINAL_STEP_KEY
 
 
@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "run_dir": str(output_dir),
         "steps": steps,
-        "train_bytes": _bytes_read(trainer, datamodule, steps),
+        "train_bytes": steps * bytes_per_step(trainer, datamodule),
         "val_bpb": final[0]["val/bpb"] if final else None,
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "checkpoint": _existing(output_dir / "checkpoints" / "last.ckpt"),
@@ -140,13 +140,6 @@ def _bpb_by_context(
         ]
     module.val_context = None
     return result
-
-
-def _bytes_read(trainer: L.Trainer, datamodule: L.LightningDataModule, steps: int) -> int:
-    """Bytes of training text read: every optimizer step reads ``accumulate_grad_batches``
-    batches of ``batch_size`` windows of ``seq_len / 9`` bytes on each of ``world_size`` ranks."""
-    windows = steps * trainer.accumulate_grad_batches * trainer.world_size
-    return windows * datamodule.hparams.batch_size * (datamodule.hparams.seq_len // FRAME_BITS)
 
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")

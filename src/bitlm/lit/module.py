@@ -208,8 +208,9 @@ class BitLMModule(L.LightningModule):
         if self.batch_shape is None:
             return
         config = self.model.config
-        self.flops = {mode: batch_flops(config, *self.batch_shape, mode) for mode in (True, False)}
-        self.example_input_array = torch.zeros(self.batch_shape, dtype=torch.uint8)
+        shape = (self.batch_shape[0], min(self.batch_shape[1], config.max_seq_len))  # _in_context
+        self.flops = {mode: batch_flops(config, *shape, mode) for mode in (True, False)}
+        self.example_input_array = torch.zeros(shape, dtype=torch.uint8)
 
     def configure_model(self) -> None:
         """With ``qat``, insert 4-bit fake quantizers into the linear layers

@@ -26,7 +26,13 @@ from bitlm.model.config import ModelConfig
 
 def batch_flops(config: ModelConfig, batch_size: int, seq_len: int, training: bool) -> int:
     """FLOPs of one batch of ``batch_size`` windows of ``seq_len`` bits through a model of
-    ``config``: forward and backward when ``training``, forward only otherwise."""
+    ``config``: forward and backward when ``training``, forward only otherwise. Callable
+    anywhere, inside validation's inference mode too (a model grown there is counted again)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _count(config, batch_size, seq_len, training)
+
+
+def _count(config: ModelConfig, batch_size: int, seq_len: int, training: bool) -> int:
     with torch.device("meta"):
         model = build_model(dataclasses.replace(config, compile=False))
         bits = torch.zeros(batch_size, seq_len, dtype=torch.uint8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from bitlm.errors import BitLMError
 from bitlm.lit.callbacks.last_checkpoint import LastCheckpoint
+from bitlm.lit.callbacks.progress import log_to_files
+
+log = logging.getLogger(__name__)
 
 
 class Preemption(Checkpoint):
@@ -99,7 +103,9 @@ class Preemption(Checkpoint):
         last = lasts[0] if lasts else None
         saved = last is not None and last.save_now(trainer, pl_module)
         if trainer.is_global_zero:
-            print(_report(agreed, trainer.global_step, last, saved), file=sys.stderr, flush=True)
+            report = _report(agreed, trainer.global_step, last, saved)
+            print(report, file=sys.stderr, flush=True)
+            log_to_files(log, logging.WARNING, report)
         try:
             for s in agreed:
                 handler = self.previous[s]

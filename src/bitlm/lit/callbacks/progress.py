@@ -98,11 +98,14 @@ class Progress(TQDMProgressBar):
         return ", ".join(parts)
 
 
-def bytes_per_step(trainer: L.Trainer) -> int | None:
+def bytes_per_step(
+    trainer: L.Trainer, datamodule: L.LightningDataModule | None = None
+) -> int | None:
     """Bytes of training text one optimizer step reads: ``accumulate_grad_batches`` batches of
     ``batch_size`` windows of ``seq_len / 9`` bytes on each of ``world_size`` ranks; None
-    without a datamodule that has those hyper-parameters."""
-    hparams = getattr(trainer.datamodule, "hparams", {})
+    without a datamodule (``datamodule``, else the trainer's) that has those hyper-parameters.
+    """
+    hparams = getattr(datamodule or trainer.datamodule, "hparams", {})
     if "batch_size" not in hparams or "seq_len" not in hparams:
         return None
     windows = trainer.accumulate_grad_batches * trainer.world_size * hparams["batch_size"]

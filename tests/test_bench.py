@@ -113,6 +113,27 @@ def test_train_throughput_reports_overhead_per_precision(
     assert row["overhead"] == pytest.approx(
         1 - row["lightning"]["positions_per_s"] / row["plain"]["positions_per_s"]
     )
+    steps_per_s = row["lightning"]["bytes_per_s"] / (2 * 32)  # batch 2 × 32-byte windows
+    assert row["flops_per_step"] > 0 and row["mfu"] is None  # no peak figure for a CPU
+    assert row["flops_per_s"] == pytest.approx(row["flops_per_step"] * steps_per_s)
+
+
+def test_train_throughput_stacks_mode_times_the_four_steps_interleaved(run_cli, tmp_path):
+    stacks = ("mode=stacks", "contexts=[8]", "steps=3", "untimed_steps=1", "batch_size=2")
+    result = run_cli(
+        "bench", "train-throughput", *TINY, *stacks, "precisions=[32-true]", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    context = result.json["results"]["32-true"]["8"]  # every timed step is a paired round
+    assert set(context["variants"]) == {
+        f"{model}/{stack}"
+        for model in ("hierarchical", "byte_baseline")
+        for stack in ("plain", "reversible")
+    }
+    for row in context["variants"].values():
+        assert row["bytes_per_s"] == pytest.approx(2 * 8 / (row["ms_per_step"] / 1e3))
+        assert len(row["seconds"]) == 2  # the timed rounds
+    assert context["ratios"]["hierarchical: reversible/plain"] > 0
 
 
 def test_compare_trains_variants_over_seeds_and_writes_table_and_plot(

@@ -1,27 +1,47 @@
-"""train-throughput: what Lightning costs. The same model, data, optimiser and schedule, trained
+"""train-throughput: what a training step costs.
+
+``mode=lightning``: what Lightning costs. The same model, data, optimiser and schedule, trained
 by ``Trainer.fit`` on a ``BitLMModule`` and by a plain PyTorch loop; overhead = 1 − ratio of
-their steady-state rates (steps after the warm-up ones)."""
+their steady-state rates (steps after the warm-up ones).
+
+``mode=stacks``: what the reversible stack and the bit model cost. The plain loop's step
+(autocast forward, the module's loss, backward, AdamW, schedule) of the configured bit model and
+of the byte-level baseline of the same shape, each with the plain and the reversible stack, at
+each context length; the four take one step each in turn (A B C D, then D C B A, …) so that drift
+in machine speed hits them alike, and every ratio is the median over rounds of the per-round
+ratio of step times.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
 from bitlm.bench.measure import corpus_batches, median, synchronize
+from bitlm.bench.memory import STACKS as STACK_FIELDS
 from bitlm.errors import BitLMError
 from bitlm.lit.module import BitLMModule
 from bitlm.lit.optimization import optimizer_and_schedule
 from bitlm.model.config import ModelConfig
+from bitlm.model.flops import batch_flops
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
 """Precisions both loops implement identically (the plain loop through ``torch.autocast``)."""
+UNITS = ("bit", "byte")
+"""``mode=stacks``: the configured bit model and the byte-level baseline of its shape."""
+STACKS = ("plain", "reversible")
+"""``mode=stacks``: the stacks compared (their fields: ``bitlm.bench.memory.STACKS``)."""
 
 
 class _StepTimer(L.Callback):
@@ -75,6 +95,34 @@ def lightning_seconds(
     return timer.end - timer.start
 
 
+def plain_step(
+    config: ModelConfig,
+    precision: str,
+    total_steps: int,
+    device: torch.device,
+    module_kwargs: dict[str, Any],
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor], None]]:
+    """The model and one training step of a hand-written loop (autocast forward and loss,
+    backward, AdamW, LR schedule over ``total_steps``): the work of ``BitLMModule.training_step``
+    minus the framework. The model comes from a ``BitLMModule`` built the same way, so loops
+    started under the same seed start from the same weights."""
+    module = BitLMModule(config, **module_kwargs)
+    hp, model = module.hparams, module.model.to(device).train()
+    optimizer, scheduler = optimizer_and_schedule(model, hp, total_steps, precision=precision)
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    def step(batch: torch.Tensor) -> None:
+        with autocast:
+            loss, _ = model.score(batch.to(device), hp.include_parity_loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+    return model, step
+
+
 def plain_seconds(
     config: ModelConfig,
     batches: list[torch.Tensor],
@@ -83,31 +131,48 @@ def plain_seconds(
     device: torch.device,
     module_kwargs: dict[str, Any],
 ) -> float:
-    """Seconds a hand-written loop (autocast, backward, AdamW, LR schedule) spends on
-    ``batches[untimed:]``: the same work as ``BitLMModule.training_step`` minus the framework.
-    The model comes from a ``BitLMModule`` built the same way, so both loops start from the
-    same weights under the same seed."""
-    module = BitLMModule(config, **module_kwargs)
-    hp, model = module.hparams, module.model.to(device).train()
-    optimizer, scheduler = optimizer_and_schedule(model, hp, len(batches))
-    dtype = PRECISIONS[precision]
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    """Seconds the plain loop (:func:`plain_step`) spends on ``batches[untimed:]``."""
+    _, step = plain_step(config, precision, len(batches), device, module_kwargs)
     start = 0.0
     for index, batch in enumerate(batches):
         if index == untimed:
             synchronize(device)
             start = time.perf_counter()
-        with autocast:
-            loss, _ = model.score(batch.to(device), hp.include_parity_loss)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        step(batch)
     synchronize(device)
     return time.perf_counter() - start
 
 
 def run(
+    config: ModelConfig,
+    device: torch.device,
+    precisions: list[str],
+    batch_size: int,
+    steps: int,
+    untimed_steps: int,
+    repeats: int,
+    seed: int,
+    mode: str,
+    contexts: list[int],
+    units: list[str],
+) -> dict[str, Any]:
+    """``mode=lightning``: :func:`lightning_overhead`; ``mode=stacks``: :func:`stack_costs` at
+    ``contexts`` bytes for ``units`` (``repeats`` unused: every timed step is one repeat)."""
+    unsupported = sorted(set(precisions) - set(PRECISIONS))
+    if unsupported:
+        raise BitLMError(f"precisions {unsupported} not supported here: use {list(PRECISIONS)}")
+    if mode == "stacks":
+        return stack_costs(
+            config, device, precisions, batch_size, steps, untimed_steps, contexts, units, seed
+        )
+    if mode != "lightning":
+        raise BitLMError(f"mode must be 'lightning' or 'stacks', got {mode!r}")
+    return lightning_overhead(
+        config, device, precisions, batch_size, steps, untimed_steps, repeats, seed
+    )
+
+
+def lightning_overhead(
     config: ModelConfig,
     device: torch.device,
     precisions: list[str],
@@ -123,9 +188,6 @@ def run(
     hierarchical trunk and the byte model.
     The module's own defaults (learning rate, warm-up, …) apply to both loops.
     """
-    unsupported = sorted(set(precisions) - set(PRECISIONS))
-    if unsupported:
-        raise BitLMError(f"precisions {unsupported} not supported here: use {list(PRECISIONS)}")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner per fit
     batches = corpus_batches(steps, batch_size, config.max_seq_len, seed)
     n_bytes = (steps - untimed_steps) * batch_size * config.max_bytes
@@ -138,11 +200,13 @@ def run(
                 torch.manual_seed(seed)
                 seconds[name].append(loop(config, batches, precision, untimed_steps, device, {}))
         bytes_per_s = {name: n_bytes / median(s) for name, s in seconds.items()}
+        steps_per_s = bytes_per_s["lightning"] / (batch_size * config.max_bytes)
         results[precision] = {
             **{
                 name: {"positions_per_s": rate * positions_per_byte, "bytes_per_s": rate}
                 for name, rate in bytes_per_s.items()
             },
+            **utilisation(config, batch_size, steps_per_s, device, precision),
             "overhead": 1.0 - bytes_per_s["lightning"] / bytes_per_s["plain"],
             "seconds": seconds,
         }
@@ -154,3 +218,156 @@ def run(
         "untimed_steps": untimed_steps,
         "results": results,
     }
+
+
+def utilisation(
+    config: ModelConfig,
+    batch_size: int,
+    steps_per_s: float,
+    device: torch.device,
+    precision: str,
+) -> dict[str, float | None]:
+    """Model FLOPs of a training step of ``batch_size`` full windows (``bitlm.model.flops``),
+    the FLOPs/s at ``steps_per_s``, and MFU = FLOPs/s ÷ the device's peak for the precision's
+    dtype (Lightning's table of NVIDIA GPUs; None where it has no figure, as for CPUs)."""
+    flops = batch_flops(config, batch_size, config.max_seq_len, training=True)
+    peak = get_available_flops(device, PRECISIONS[precision] or torch.float32)
+    return {
+        "flops_per_step": flops,
+        "flops_per_s": flops * steps_per_s,
+        "mfu": flops * steps_per_s / peak if peak else None,
+    }
+
+
+def stack_costs(
+    config: ModelConfig,
+    device: torch.device,
+    precisions: list[str],
+    batch_size: int,
+    steps: int,
+    untimed_steps: int,
+    contexts: list[int],
+    units: list[str],
+    seed: int,
+) -> dict[str, Any]:
+    """Step cost of each unit × stack per precision and context (bytes; model.max_seq_len
+    = 9 × bytes): ms per step and bytes/s (medians over the timed rounds) and the ratios
+    reversible / plain per unit and bit / byte per stack (medians of per-round ratios)."""
+    if not contexts or any(
+        isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in contexts
+    ):
+        raise BitLMError(f"contexts must be a non-empty list of byte counts, got {contexts}")
+    if not units or set(units) - set(UNITS):
+        raise BitLMError(f"units must be a non-empty subset of {list(UNITS)}, got {units}")
+    results = {
+        precision: {
+            str(n): _context_costs(
+                config, device, precision, batch_size, steps, untimed_steps, n, units, seed
+            )
+            for n in contexts
+        }
+        for precision in precisions
+    }
+    return {
+        "mode": "stacks",
+        "batch_size": batch_size,
+        "steps": steps,
+        "untimed_steps": untimed_steps,
+        "d_model": config.d_model,
+        "n_layers": config.n_layers,
+        "n_heads": config.n_heads,
+        "results": results,
+    }
+
+
+def _context_costs(
+    config: ModelConfig,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    steps: int,
+    untimed: int,
+    n_bytes: int,
+    units: list[str],
+    seed: int,
+) -> dict[str, Any]:
+    """The interleaved rounds at one context: each variant steps once per round on the round's
+    batch, in A B C D order on even rounds and D C B A on odd ones. On the CPU the process's
+    CPU time is kept too: unlike wall-clock it does not count time the scheduler gave to other
+    jobs on a shared machine (one thread: ``OMP_NUM_THREADS=1``, else it sums the threads)."""
+    batches = corpus_batches(steps, batch_size, 9 * n_bytes, seed)
+    models, loops = {}, {}
+    variants = _stack_variants(config, n_bytes, units)
+    for name, variant in variants.items():
+        torch.manual_seed(seed)
+        models[name], loops[name] = plain_step(variant, precision, steps, device, {})
+    clocks = {"seconds": time.perf_counter}
+    if device.type == "cpu":
+        clocks["cpu_seconds"] = time.process_time
+    times = {clock: {name: [] for name in loops} for clock in clocks}
+    for index, batch in enumerate(batches):
+        for name in list(loops) if index % 2 == 0 else list(loops)[::-1]:
+            took = _timed(functools.partial(loops[name], batch), device, clocks)
+            if index >= untimed:
+                for clock, seconds in took.items():
+                    times[clock][name].append(seconds)
+    rows = {
+        name: {
+            "bytes_per_s": batch_size * n_bytes / median(times["seconds"][name]),
+            **utilisation(
+                variants[name], batch_size, 1 / median(times["seconds"][name]), device, precision
+            ),
+            **{c.replace("seconds", "ms_per_step"): 1e3 * median(times[c][name]) for c in clocks},
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **{clock: times[clock][name] for clock in clocks},
+        }
+        for name, model in models.items()
+    }
+    return {
+        "variants": rows,
+        **{clock.replace("seconds", "ratios"): _stack_ratios(times[clock]) for clock in clocks},
+    }
+
+
+def _timed(
+    fn: Callable[[], None], device: torch.device, clocks: dict[str, Callable[[], float]]
+) -> dict[str, float]:
+    """Seconds ``fn()`` took on each clock, the device's queued work included."""
+    synchronize(device)
+    start = {clock: read() for clock, read in clocks.items()}
+    fn()
+    synchronize(device)
+    return {clock: read() - start[clock] for clock, read in clocks.items()}
+
+
+def _stack_variants(config: ModelConfig, n_bytes: int, units: list[str]) -> dict[str, ModelConfig]:
+    """``"<model>/<stack>"`` → its config at ``n_bytes`` of context: the bit model as configured
+    (``<model>`` is its trunk) and the byte baseline of the same shape (``byte_baseline``)."""
+    variants = {}
+    for unit in (u for u in UNITS if u in units):
+        shape = {"unit": unit, "max_seq_len": 9 * n_bytes}
+        if unit == "byte":
+            shape["trunk"] = "flat"
+        label = config.trunk if unit == "bit" else "byte_baseline"
+        for stack in STACKS:
+            fields = {**shape, **STACK_FIELDS[stack]}
+            variants[f"{label}/{stack}"] = dataclasses.replace(config, **fields)
+    return variants
+
+
+def _stack_ratios(seconds: dict[str, list[float]]) -> dict[str, float]:
+    """``"<model>: reversible/plain"`` per model and ``"<bit model>/byte_baseline: <stack>"`` per
+    stack: medians of the per-round ratios of step times (paired rounds cancel slow drift)."""
+
+    def paired(a: str, b: str) -> float:
+        return median([x / y for x, y in zip(seconds[a], seconds[b], strict=True)])
+
+    models = sorted({name.split("/")[0] for name in seconds})
+    ratios = {f"{m}: reversible/plain": paired(f"{m}/reversible", f"{m}/plain") for m in models}
+    bit = [m for m in models if m != "byte_baseline"]
+    if bit and "byte_baseline" in models:
+        for stack in STACKS:
+            ratios[f"{bit[0]}/byte_baseline: {stack}"] = paired(
+                f"{bit[0]}/{stack}", f"byte_baseline/{stack}"
+            )
+    return ratios

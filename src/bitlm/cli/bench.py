@@ -50,6 +50,9 @@ def _train_throughput(cfg: DictConfig) -> dict[str, Any]:
         cfg.untimed_steps,
         cfg.repeats,
         cfg.seed,
+        cfg.mode,
+        list(cfg.contexts),
+        list(cfg.units),
     )
 
 

@@ -28,19 +28,25 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq / scale, persistent=False)
 
     def forward(self, start: int, length: int) -> tuple[Tensor, Tensor]:
-        """cos and sin tables, each (length, head_dim), for positions start … start+length-1."""
+        """Tables (cos θ, ±sin θ), each (length, head_dim), for positions start … start+length-1:
+        ``[cos, cos]`` and ``[−sin, sin]`` over the two halves of a head (what ``apply_rotary``
+        multiplies by)."""
         positions = torch.arange(start, start + length, device=self.inv_freq.device)
         angles = torch.outer(positions.float(), self.inv_freq)  # (T, D/2)
-        angles = torch.cat((angles, angles), dim=-1)  # (T, D)
-        return angles.cos(), angles.sin()
+        cos, sin = angles.cos(), angles.sin()
+        return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # (T, D) each
 
 
 def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-    """Rotate x (B, H, T, D) by the (cos, sin) tables of ``RotaryEmbedding`` (half-split pairs)."""
-    cos, sin = rope
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    """Rotate x (B, H, T, D) by the tables of ``RotaryEmbedding`` (half-split pairs)::
+
+        out = x·[cos, cos] + [−x₂, x₁]·[sin, sin] = x·[cos, cos] + roll(x, D/2)·[−sin, sin]
+
+    With the sign in the table the rotated copy is one ``roll`` rather than a split, a negation
+    and a concatenation (fewer passes over q and k, forward and backward); the result is
+    bit-identical, since (−a)·b = a·(−b) exactly in floating point."""
+    cos, signed_sin = rope
+    return (x * cos + x.roll(x.size(-1) // 2, dims=-1) * signed_sin).to(x.dtype)
 
 
 class KVCache:

@@ -173,10 +173,10 @@ class _ReversibleFunction(torch.autograd.Function):
     def backward(ctx, dy1, dy2):
         y1, y2 = ctx.saved_tensors
         stack: ReversibleStack = ctx.stack
+        layers = list(zip(stack.blocks, ctx.rng_states, strict=True))
         with torch.autocast(ctx.device_type, **ctx.autocast):
-            for block, (f_rng, g_rng) in zip(
-                reversed(stack.blocks), reversed(ctx.rng_states), strict=True
-            ):
+            for depth in reversed(range(len(layers))):
+                block, (f_rng, g_rng) = layers[depth]
                 z = y1.detach().requires_grad_(True)
                 with torch.enable_grad(), _replayed_rng(g_rng, y1.device):
                     g_out = block.g(z)
@@ -185,16 +185,19 @@ class _ReversibleFunction(torch.autograd.Function):
                 with torch.enable_grad(), _replayed_rng(f_rng, y1.device):
                     f_out = block.f(x2, ctx.rope, ctx.causal)
                 dx2 = _backward(f_out, x2, dz) + dy2
-                y1, y2 = (z - f_out).detach(), x2.detach()
+                if depth:  # the first block's inputs, x1 = y1 − F(x2) and x2, are not needed
+                    y1, y2 = (z - f_out).detach(), x2.detach()
                 dy1, dy2 = dz, dx2
         return dy1, dy2, None, None, None
 
 
 def _backward(output: Tensor, x: Tensor, grad_output: Tensor) -> Tensor:
     """Back-propagate ``grad_output`` through a recomputed branch: its parameters' gradients
-    accumulate in ``.grad``; the gradient w.r.t. its input ``x`` (a fresh leaf) is returned."""
+    accumulate in ``.grad``; the gradient w.r.t. its input ``x`` (a fresh leaf, so autograd
+    leaves it in ``x.grad`` with x's dtype) is returned. Under autocast ``output`` may be bf16
+    while ``grad_output`` is the float32 stream's gradient, hence the cast."""
     torch.autograd.backward(output, grad_output.to(output.dtype))
-    return x.grad.to(x.dtype)
+    return x.grad
 
 
 def _autocast_state(device_type: str) -> dict:

@@ -33,6 +33,7 @@ sequence as the flat trunk's bidirectional path does, at one trunk position per 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitlm.bits import DATA_BITS, FRAME_BITS
@@ -165,8 +166,16 @@ class HierarchicalBitLM(TransformerLM):
         T = frames.size(1)
         if start + T > self.config.max_bytes:
             raise ValueError(f"{start + T} frames exceed the context of {self.config.max_bytes}")
-        x = self.frame_embedding(frames + self.symbol_offsets).sum(-2)  # (B, T, d_model)
-        return self._trunk_and_head(x, start, causal=causal, caches=caches)
+        return self._trunk_and_head(self.embed_frames(frames), start, causal=causal, caches=caches)
+
+    def embed_frames(self, frames: Tensor) -> Tensor:
+        """``e_i = Σ_k E[3·k + s_ik]`` (B, T, d_model) for frames (B, T, 9), as one
+        ``embedding_bag`` sum over each frame's 9 rows: the same values as gathering the
+        (B, T, 9, d_model) rows and summing them, without materialising that tensor forward or
+        its gradient backward (9× the size of the output)."""
+        rows = (frames + self.symbol_offsets).flatten(0, 1)  # (B·T, 9)
+        bags = F.embedding_bag(rows, self.frame_embedding.weight, mode="sum")
+        return bags.unflatten(0, frames.shape[:2])
 
 
 def parity_logits(data: Tensor) -> Tensor:

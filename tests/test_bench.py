@@ -245,9 +245,12 @@ def test_telemetry_reports_overhead_at_the_cadence_and_lz76_speed(run_cli, tmp_p
         "lz76_bits=256",
     )
     step = report["step_seconds"]
-    assert report["overhead"] == pytest.approx(
-        step["on"] / step["off"] - 1 + (step["every_step"] - step["on"]) / (10 * step["off"])
+    monitor = (step["every_step"] - step["on"]) / (10 * step["off"])
+    assert report["overhead"] == pytest.approx(step["on"] / step["off"] - 1 + monitor)
+    assert report["overhead_instrumented"] == pytest.approx(
+        step["instrumented"] / step["off"] - 1 + monitor
     )
+    assert report["flop_count_seconds"] > 0
     lz76 = report["lz76"]
     assert lz76["per_training_step"] == pytest.approx(
         lz76["seconds"] / lz76["training_step_seconds"]

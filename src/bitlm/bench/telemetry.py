@@ -4,14 +4,21 @@ Three Lightning fits of the same model on the same batches, alternated over ``re
 
 * ``off``: ``module.telemetry=false`` and no ``TelemetryMonitor``;
 * ``on``: the per-step K/C/S of the module (the default);
-* ``every_step``: that plus the ``TelemetryMonitor`` firing at every step.
+* ``every_step``: that plus the ``TelemetryMonitor`` firing at every step;
+* ``instrumented``: ``on`` plus what every run also does per step: Lightning's
+  ``ThroughputMonitor`` with the model FLOPs of the batch (FLOPs/s, MFU) and the ``Progress``
+  line, written at every step here (its default is every 50: an upper bound).
 
-With median step times t_off, t_on, t_every and the default cadence N (``every_n_steps``)::
+With median step times t_off, t_on, t_every, t_instr and the default cadence N
+(``every_n_steps``)::
 
-    overhead = (t_on − t_off) / t_off + (t_every − t_on) / (N · t_off)
+    overhead              = (t_on − t_off) / t_off + (t_every − t_on) / (N · t_off)
+    overhead_instrumented = (t_instr − t_off) / t_off + (t_every − t_on) / (N · t_off)
 
 the per-step telemetry plus one monitor probe amortised over N steps, as a fraction of a
-telemetry-free step. Each fit logs to its own TensorBoard directory, so writing the images and
+telemetry-free step, and the same with throughput, FLOPs and progress added. Counting the
+FLOPs (once per run, on the meta device) is timed on its own (``flop_count_seconds``).
+Each fit logs to its own TensorBoard directory, so writing the images and
 histograms is part of the measured cost. Not in ``overhead``: the ``sample_bytes`` sample the
 monitor draws after each validation, a cost per validation reported on its own
 (``validation_sample``), and the validation K/C/S metrics (a few elementwise operations per
@@ -28,14 +35,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from bitlm.bench.measure import corpus_batches, median, timings
 from bitlm.bench.throughput import lightning_seconds
 from bitlm.bits import DATA_BITS, FRAME_BITS
+from bitlm.data import windows
+from bitlm.lit.callbacks.progress import Progress
 from bitlm.lit.callbacks.telemetry import TelemetryMonitor
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
+from bitlm.model.flops import batch_flops
 from bitlm.model.generate import generate_bits
 from bitlm.telemetry.metrics import lz76_complexity
 
@@ -58,17 +69,17 @@ def run(
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     batches = corpus_batches(steps, batch_size, config.max_seq_len, seed)
     variants = {
-        "off": ({"telemetry": False}, False),
-        "on": ({}, False),
-        "every_step": ({}, True),
+        "off": ({"telemetry": False}, []),
+        "on": ({}, []),
+        "every_step": ({}, [TelemetryMonitor(every_n_steps=1, sample_bytes=0)]),
+        "instrumented": ({}, [_throughput_monitor(), Progress(every_n_steps=1, interactive=False)]),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as logs:
         for repeat in range(repeats):  # alternate, so drift in machine speed hits all alike
-            for name, (module_kwargs, monitor) in variants.items():
+            for name, (module_kwargs, callbacks) in variants.items():
                 progress(f"repeat {repeat + 1}/{repeats}: {name}")
                 torch.manual_seed(seed)
-                callbacks = [TelemetryMonitor(every_n_steps=1, sample_bytes=0)] if monitor else []
                 logger = TensorBoardLogger(logs, name=f"{name}_{repeat}")
                 seconds[name].append(
                     lightning_seconds(
@@ -80,12 +91,17 @@ def run(
                         module_kwargs,
                         callbacks,
                         logger,
+                        batch_shape=(batch_size, config.max_seq_len),
                     )
                     / (steps - untimed_steps)
                 )
     step = {name: median(values) for name, values in seconds.items()}
     per_step = step["on"] / step["off"] - 1
     monitor = (step["every_step"] - step["on"]) / (every_n_steps * step["off"])
+    instrumented = step["instrumented"] / step["off"] - 1 + monitor
+    flop_count_s = median(
+        timings(lambda: batch_flops(config, batch_size, config.max_seq_len, True), repeats)
+    )
     lz76_s, lz76_step_s = _lz76_seconds(config, device, precision, lz76_batch, lz76_bits, repeats)
     sample_s = _sample_seconds(config, device, sample_bytes, repeats, seed)
     return {
@@ -100,6 +116,8 @@ def run(
         "overhead": per_step + monitor,
         "overhead_per_step_telemetry": per_step,
         "overhead_monitor_amortised": monitor,
+        "overhead_instrumented": instrumented,
+        "flop_count_seconds": flop_count_s,
         "monitor_probe_seconds": step["every_step"] - step["on"],
         "lz76": {
             "sequences": lz76_batch,
@@ -111,6 +129,13 @@ def run(
         "validation_sample": {"bytes": sample_bytes, "seconds": sample_s},
         "seconds": seconds,
     }
+
+
+def _throughput_monitor() -> ThroughputMonitor:
+    """``configs/callbacks/throughput.yaml``'s monitor: bits per second, FLOPs/s, MFU."""
+    return ThroughputMonitor(
+        batch_size_fn=windows.batch_size, length_fn=windows.batch_bits, separator="/"
+    )
 
 
 def _lz76_seconds(

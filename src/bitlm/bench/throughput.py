@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
@@ -71,10 +72,13 @@ def lightning_seconds(
     module_kwargs: dict[str, Any],
     callbacks: list[L.Callback] = (),
     logger: Logger | bool = False,
+    batch_shape: tuple[int, int] | None = None,
 ) -> float:
     """Seconds ``Trainer.fit`` spends on ``batches[untimed:]`` (one optimiser step per batch),
-    with ``callbacks`` and ``logger`` besides the timer."""
+    with ``callbacks`` and ``logger`` besides the timer; with ``batch_shape``, the module knows
+    the model FLOPs of its batches, as in a run (``BitLMModule.count_flops``)."""
     module = BitLMModule(config, **module_kwargs)
+    module.count_flops(batch_shape)
     timer = _StepTimer(untimed, len(batches) - 1, device)
     trainer = L.Trainer(
         accelerator=device.type,
@@ -84,7 +88,7 @@ def lightning_seconds(
         logger=logger,
         callbacks=[*callbacks, timer],
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,

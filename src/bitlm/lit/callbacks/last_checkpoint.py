@@ -59,7 +59,7 @@ class LastCheckpoint(ModelCheckpoint):
             self._settle(trainer, confirmed=is_healthy(pl_module))
         due = self.every_n_steps > 0 and step % self.every_n_steps == 0 and step > 0
         if due and step != self.saved_step and is_healthy(pl_module):
-            trainer.save_checkpoint(self.unconfirmed_path)
+            trainer.save_checkpoint(self.unconfirmed_path, weights_only=False)
             self.saved_step = step
             self.unconfirmed_step = step
 
@@ -77,7 +77,7 @@ class LastCheckpoint(ModelCheckpoint):
         if self.unconfirmed_step is not None:
             self._settle(trainer, confirmed=healthy)
         if healthy and trainer.global_step != self.saved_step:
-            trainer.save_checkpoint(self.unconfirmed_path)
+            trainer.save_checkpoint(self.unconfirmed_path, weights_only=False)
             self.saved_step = trainer.global_step
             self._settle(trainer, confirmed=True)
         return healthy

@@ -140,8 +140,10 @@ def welch(a: list[float], b: list[float]) -> dict[str, float] | None:
     return {"t": float(test.statistic), "p": float(test.pvalue)}
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+def mean_std(values: list[float]) -> dict[str, float | None]:
+    """Mean and sample standard deviation; the deviation of one value is undefined: None (JSON
+    null; NaN is not JSON)."""
+    std = statistics.stdev(values) if len(values) > 1 else None
     return {"mean": statistics.fmean(values), "std": std}
 
 
@@ -190,16 +192,21 @@ def markdown_table(summary: dict[str, Any], references: dict[str, float]) -> str
     return "\n".join(lines) + "\n"
 
 
-def _pm(stats: dict[str, float], spec: str = ".3f") -> str:
+def _pm(stats: dict[str, float | None], spec: str = ".3f") -> str:
+    """``mean ± std``, or the mean alone for one seed."""
+    if stats["std"] is None:
+        return f"{stats['mean']:{spec}}"
     return f"{stats['mean']:{spec}} ± {stats['std']:{spec}}"
 
 
 def _gap(versus: dict[str, Any] | None) -> str:
-    """``+4.2% (p = 0.03)``: the gap to the first variant and Welch's p; — for the first."""
+    """``+4.2% (p = 0.03)``: the gap to the first variant and Welch's p (none with one seed);
+    — for the first."""
     if not versus:
         return "—"
-    p = versus["welch"]["p"] if versus["welch"] else float("nan")
-    return f"{versus['gap']:+.1%} (p = {p:.3g})"
+    if not versus["welch"]:
+        return f"{versus['gap']:+.1%}"
+    return f"{versus['gap']:+.1%} (p = {versus['welch']['p']:.3g})"
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], references: dict[str, float], path: Path) -> None:
@@ -219,7 +226,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], references: dict[str, float], pa
         bars.bar(
             i,
             stats["mean"],
-            yerr=0 if math.isnan(stats["std"]) else stats["std"],
+            yerr=stats["std"] or 0,
             color=colors[i],
             alpha=0.6,
             capsize=4,

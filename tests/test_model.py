@@ -334,6 +334,12 @@ def test_batch_flops_are_the_matmuls_of_forward_and_twice_that_backward(unit, he
         assert batch_flops(config, B, 9 * T, training=True) == 3 * forward
 
 
+def test_halting_models_are_counted_at_full_depth():
+    config = tiny(trunk="hierarchical", use_act=True)
+    full = dataclasses.replace(config, use_act=False)
+    assert batch_flops(config, 2, 72, training=True) == batch_flops(full, 2, 72, training=True)
+
+
 def test_reversible_batch_flops_are_its_plain_twins_model_flops():
     """MFU counts model FLOPs: the recomputed forward of the reversible backward is left out."""
     config = tiny(trunk="hierarchical", reversible=True)

@@ -34,7 +34,9 @@ def batch_flops(config: ModelConfig, batch_size: int, seq_len: int, training: bo
 
 def _count(config: ModelConfig, batch_size: int, seq_len: int, training: bool) -> int:
     with torch.device("meta"):
-        model = build_model(dataclasses.replace(config, compile=False))
+        # ACT's halting is data-dependent (a meta tensor has no data): counted at full depth,
+        # the budget every position may use, without the halting units' d → 1 projections
+        model = build_model(dataclasses.replace(config, compile=False, use_act=False))
         bits = torch.zeros(batch_size, seq_len, dtype=torch.uint8)
     for module in model.modules():
         if isinstance(module, ReversibleStack):  # ordinary autograd: no recomputed forward

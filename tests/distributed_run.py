@@ -19,10 +19,10 @@ from pathlib import Path
 import lightning as L
 from torch.distributed.tensor import DTensor
 
-from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
-from bitlm.lit.strategies import FSDP2Strategy
+from bitlm.training.callbacks.adaptive_expansion import AdaptiveExpansion
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
+from bitlm.training.strategies import FSDP2Strategy
 
 STEPS = 6
 

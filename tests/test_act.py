@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from bitlm.errors import BitLMError
+from bitlm.core.errors import BitLMError
+from bitlm.generation.causal import generate
 from bitlm.model import build_model
 from bitlm.model.act import HaltingUnits, run_layers
 from bitlm.model.config import ModelConfig
-from bitlm.model.generate import generate
 from tests.test_model import TRUNKS, _greedy_uncached, tiny
 
 

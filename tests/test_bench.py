@@ -9,7 +9,7 @@ from scipy import stats
 
 from bitlm.bench.compare import markdown_table, parse_variants, summarize, welch
 from bitlm.bench.memory import saved_activation_bytes
-from bitlm.errors import BitLMError
+from bitlm.core.errors import BitLMError
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from tests.conftest import assert_user_error

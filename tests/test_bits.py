@@ -1,4 +1,4 @@
-"""Tests for bitlm.bits: the 9-bit even-parity frame codec."""
+"""Tests for bitlm.core.bits: the 9-bit even-parity frame codec."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitlm.bits import (
+from bitlm.core.bits import (
     DATA_BITS,
     FRAME_BITS,
     FRAME_TABLE,
@@ -410,7 +410,7 @@ def test_packed_codec_matches_table_across_blocks() -> None:
     """The CPU codec works on packed groups of 8 frames in blocks of _BLOCK_FRAMES: its output
     equals the table definition for lengths that end mid-group and mid-block, and every bad
     frame is found, including those on group and block edges."""
-    from bitlm.bits import _BLOCK_FRAMES
+    from bitlm.core.bits import _BLOCK_FRAMES
 
     gen = np.random.default_rng(1)
     for n in (1, 7, 8, 9, _BLOCK_FRAMES - 1, _BLOCK_FRAMES + 5):

@@ -13,13 +13,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bitlm.bench.measure import corpus_batches
-from bitlm.errors import BitLMError
-from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
-from bitlm.lit.callbacks.safety import SafetyGateCallback
-from bitlm.lit.callbacks.telemetry import TelemetryMonitor, attention_image
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
+from bitlm.core.errors import BitLMError
 from bitlm.model.config import ModelConfig
+from bitlm.training.callbacks.adaptive_expansion import AdaptiveExpansion
+from bitlm.training.callbacks.safety_gate import SafetyGateCallback
+from bitlm.training.callbacks.telemetry_monitor import TelemetryMonitor, attention_image
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
 from tests.conftest import quiet_trainer
 
 CONFIG = ModelConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=72, trunk="hierarchical")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bitlm.bits import bits_to_bytes, bytes_to_bits
+from bitlm.core.bits import bits_to_bytes, bytes_to_bits
 from tests.conftest import ENGLISH, TINY_TRAIN, assert_user_error
 
 
@@ -197,7 +197,7 @@ def test_bad_sampling_options(trained_run, refused, tmp_path):
 
 
 def test_export_loads_as_plain_module(trained_run):
-    from bitlm.hub import load_model
+    from bitlm.format.export import load_model
 
     run_dir, _ = trained_run
     model = load_model(run_dir / "model")
@@ -245,7 +245,7 @@ def test_non_text_prompt_and_bad_model_values(trained_run, refused, tmp_path):
 
 
 def test_generate_refuses_the_byte_baseline(refused, tmp_path):
-    from bitlm.hub import save_pretrained
+    from bitlm.format.export import save_pretrained
     from bitlm.model import build_model
     from bitlm.model.config import ModelConfig
 

@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitlm.bits import bytes_to_bits
-from bitlm.compression import (
+from bitlm.core.bits import bytes_to_bits
+from bitlm.core.errors import BitLMError
+from bitlm.core.rle import (
     MAX_RUN,
     compress_bits,
     decompress_bits,
@@ -18,11 +19,10 @@ from bitlm.compression import (
     run_length_encode,
     unpack_bits,
 )
-from bitlm.errors import BitLMError
-from bitlm.lit.callbacks.compression_ramp import CompressionRamp
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
 from bitlm.model import ModelConfig, build_model
+from bitlm.training.callbacks.compression_ramp import CompressionRamp
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
 from tests.conftest import ENGLISH, quiet_trainer
 
 TINY = dict(d_model=32, n_heads=2, n_layers=2, max_seq_len=288)

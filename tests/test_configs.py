@@ -8,10 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from bitlm.cli.app import config_dir
+from bitlm.app.hydra import config_dir
 from bitlm.cli.train import training_length
-from bitlm.lit.strategies import FSDP2Strategy
 from bitlm.model.config import ModelConfig
+from bitlm.training.strategies import FSDP2Strategy
 from tests.conftest import assert_user_error
 
 
@@ -177,7 +177,10 @@ def test_diffusion_experiment_switches_mode_and_adds_the_curriculum(tmp_path):
 
 @pytest.mark.parametrize(
     "group, target",
-    [("module", "bitlm.lit.module.BitLMModule"), ("data", "bitlm.lit.datamodule.BitDataModule")],
+    [
+        ("module", "bitlm.training.module.BitLMModule"),
+        ("data", "bitlm.training.datamodule.BitDataModule"),
+    ],
 )
 def test_default_configs_list_every_option_of_their_class(group, target):
     """So that every option can be overridden on the command line (`module.compress_prob=…`)."""

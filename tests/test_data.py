@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from bitlm.bits import FRAME_BITS, bytes_to_bits
+from bitlm.core.bits import FRAME_BITS, bytes_to_bits
+from bitlm.core.errors import BitLMError
+from bitlm.core.files import write_atomic
 from bitlm.data import (
     ByteStore,
     TrainWindows,
@@ -24,9 +26,7 @@ from bitlm.data import (
     resolve_paths,
     split_segments,
 )
-from bitlm.errors import BitLMError
-from bitlm.files import write_atomic
-from bitlm.lit.datamodule import BitDataModule
+from bitlm.training.datamodule import BitDataModule
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,15 @@ import lightning as L
 import pytest
 import torch
 
-from bitlm.bits import DATA_BITS, FRAME_BITS, bytes_to_bits, decode_bits
-from bitlm.diffusion import (
+from bitlm.core.bits import DATA_BITS, FRAME_BITS, bytes_to_bits, decode_bits
+from bitlm.core.errors import BitLMError
+from bitlm.format.export import save_pretrained
+from bitlm.generation.safety import safe_sample_with_retry
+from bitlm.generation.sample import sample
+from bitlm.model import ModelConfig, build_model
+from bitlm.model.config import NOISE_SCHEDULES
+from bitlm.model.transformer import MASK
+from bitlm.objectives.diffusion import (
     SCHEDULES,
     corrupt,
     corruption_rate,
@@ -19,16 +26,9 @@ from bitlm.diffusion import (
     mask_exactly,
     repair_parity,
 )
-from bitlm.errors import BitLMError
-from bitlm.hub import save_pretrained
-from bitlm.lit.callbacks.diffusion_curriculum import DiffusionCurriculum
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
-from bitlm.model import ModelConfig, build_model
-from bitlm.model.config import NOISE_SCHEDULES
-from bitlm.model.transformer import MASK
-from bitlm.safety import safe_sample_with_retry
-from bitlm.sampling import sample
+from bitlm.training.callbacks.diffusion_curriculum import DiffusionCurriculum
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
 from tests.conftest import ENGLISH, TINY_TRAIN, assert_user_error, quiet_trainer
 
 TINY = dict(d_model=32, n_heads=2, n_layers=2, max_seq_len=288)
@@ -245,7 +245,7 @@ def test_safe_sampling_falls_back_to_the_diffusion_model(monkeypatch):
         assert model is causal  # every sample is judged by the primary model
         return None, {"safe": next(verdicts)}
 
-    monkeypatch.setattr("bitlm.safety.hil_safe_inference", judge)
+    monkeypatch.setattr("bitlm.generation.safety.hil_safe_inference", judge)
     result = safe_sample_with_retry(
         causal, b"ab", 6, fallback=fallback, diffusion_steps=4, top_p=0.9, sleep=lambda s: None
     )  # top_p is a causal option: the causal attempt takes it, the fallback does not
@@ -461,7 +461,7 @@ def test_eval_refuses_bad_noise_levels(tmp_path, refused):
 
 
 def test_data_bits_only_count_in_denoising_accuracy():
-    from bitlm.diffusion import data_bit_mask
+    from bitlm.objectives.diffusion import data_bit_mask
 
     masked = torch.ones(1, 18, dtype=torch.bool)
     data = data_bit_mask(masked)
@@ -471,7 +471,7 @@ def test_data_bits_only_count_in_denoising_accuracy():
 
 @pytest.mark.parametrize("trunk", TRUNKS)
 def test_frame_predictions_never_see_the_frame_they_predict(trunk):
-    from bitlm.diffusion import frame_predictions
+    from bitlm.objectives.diffusion import frame_predictions
 
     model = diffusion_model(trunk).eval()
     bits = bytes_to_bits(b"abcdefgh").long()[None]

@@ -1,4 +1,4 @@
-"""Distillation (bitlm.distill): the loss, the student's size, the round loop's floors and
+"""Distillation (bitlm.training.distill): the loss, the student's size, the round loop's floors and
 limits, the saved folder's metrics.json, and bitlm-distill."""
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 from bitlm.bench.measure import corpus_batches
-from bitlm.distill import (
+from bitlm.core.errors import BitLMError
+from bitlm.format.export import load_model
+from bitlm.model import build_model
+from bitlm.model.config import ModelConfig
+from bitlm.objectives.losses import bit_cross_entropy
+from bitlm.training.distill import (
     collapse_submodel,
     distillation_loss,
     parameter_count,
     save_distilled_model,
     student_config,
 )
-from bitlm.errors import BitLMError
-from bitlm.hub import load_model
-from bitlm.model import build_model
-from bitlm.model.config import ModelConfig
-from bitlm.objective import bit_cross_entropy
 from tests.conftest import assert_user_error
 
 TEACHER = ModelConfig(d_model=64, n_heads=4, n_layers=2, max_seq_len=72, trunk="hierarchical")

@@ -5,11 +5,11 @@ import gzip
 import pytest
 import torch
 
-from bitlm.bits import bytes_to_bits
-from bitlm.evaluate import compressor_references, model_bits, sliding_windows
+from bitlm.core.bits import bytes_to_bits
+from bitlm.evaluation.bpb import compressor_references, model_bits, sliding_windows
 from bitlm.model.config import ModelConfig
 from bitlm.model.transformer import BitTransformerLM
-from bitlm.objective import bit_cross_entropy
+from bitlm.objectives.losses import bit_cross_entropy
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,7 @@ def test_compressor_references_round_trip_and_rank_sensibly():
 
     import zstandard
 
-    from bitlm.evaluate import COMPRESSORS
+    from bitlm.evaluation.bpb import COMPRESSORS
 
     text = (b"the quick brown fox jumps over the lazy dog; " * 40) + bytes(range(256))
     refs = compressor_references(text)

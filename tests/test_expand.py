@@ -15,15 +15,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from bitlm.errors import BitLMError
-from bitlm.hub import load_model
-from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
-from bitlm.lit.optimization import growth_lr_factor
+from bitlm.core.errors import BitLMError
+from bitlm.format.export import load_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import carry_optimizer_state, grow_to
+from bitlm.training.callbacks.adaptive_expansion import AdaptiveExpansion
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
+from bitlm.training.optim import growth_lr_factor
 from tests.conftest import TINY_TRAIN, assert_user_error, quiet_trainer
 from tests.test_configs import _compose
 

@@ -22,17 +22,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from bitlm.cli.app import check_overrides, config_dir
+from bitlm.app.hydra import check_overrides, config_dir
 from bitlm.cli.generate import generate, prompt_bytes
-from bitlm.errors import BitLMError
-from bitlm.files import atomic_writer, remove_stale_temporaries
-from bitlm.hub import load_model
-from bitlm.lit.callbacks import BestCheckpoint, LastCheckpoint
-from bitlm.lit.checkpoint_io import AtomicCheckpointIO
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.health import TrainingHealth
-from bitlm.lit.module import BitLMModule
+from bitlm.core.errors import BitLMError
+from bitlm.core.files import atomic_writer, remove_stale_temporaries
+from bitlm.format.export import load_model
 from bitlm.model.config import ModelConfig
+from bitlm.training.callbacks import BestCheckpoint, LastCheckpoint
+from bitlm.training.checkpoint_io import AtomicCheckpointIO
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.health import TrainingHealth
+from bitlm.training.module import BitLMModule
 
 from .conftest import TINY_TRAIN, assert_user_error, quiet_trainer
 
@@ -204,7 +204,7 @@ def test_nan_weights_are_refused_at_load_naming_the_tensor(nan_export, refused, 
 
 
 def test_no_command_prints_nan_in_its_json(monkeypatch, capsys, tmp_path):
-    from bitlm.cli.app import hydra_app
+    from bitlm.app.hydra import hydra_app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["bitlm-eval", "ckpt_path=x", "files=[x]"])

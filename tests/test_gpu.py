@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
+from bitlm.generation.causal import generate
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
-from bitlm.model.generate import generate
 
 pytestmark = [
     pytest.mark.gpu,

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bitlm import hub
-from bitlm.bits import bytes_to_bits
-from bitlm.errors import BitLMError
+from bitlm.core.bits import bytes_to_bits
+from bitlm.core.errors import BitLMError
 from bitlm.model import BitTransformerLM, HierarchicalBitLM, build_model
 from bitlm.model.byte_baseline import ByteTransformerLM
 from bitlm.model.config import ModelConfig
@@ -159,7 +159,7 @@ def test_offline_pull_and_push_fail_with_one_clear_line(
     push = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert push.returncode != 0
     last = push.stderr.strip().splitlines()[-1]
-    assert last.startswith("bitlm.errors.BitLMError: could not push")
+    assert last.startswith("bitlm.core.errors.BitLMError: could not push")
     assert message in last
 
 
@@ -197,8 +197,8 @@ class LocalHub:
 
 
 def _fit_with_upload(tmp_path, callback, steps: int):
-    from bitlm.lit.datamodule import BitDataModule
-    from bitlm.lit.module import BitLMModule
+    from bitlm.training.datamodule import BitDataModule
+    from bitlm.training.module import BitLMModule
 
     module = BitLMModule(CONFIGS["flat"].to_dict(), lr=1e-3, warmup_steps=1)
     datamodule = BitDataModule(seq_len=72, batch_size=4, cache_dir=str(tmp_path))
@@ -210,7 +210,7 @@ def _fit_with_upload(tmp_path, callback, steps: int):
 def test_hub_upload_callback_uploads_from_a_background_thread_without_blocking(
     tmp_path, monkeypatch
 ):
-    from bitlm.lit.callbacks.hub_upload import HubUpload
+    from bitlm.training.callbacks.hub_upload import HubUpload
 
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     local = LocalHub(tmp_path / "hub", delay=1.0)
@@ -244,7 +244,7 @@ def test_hub_upload_callback_uploads_from_a_background_thread_without_blocking(
 
 
 def test_hub_upload_needs_a_token(tmp_path, monkeypatch):
-    from bitlm.lit.callbacks.hub_upload import HubUpload
+    from bitlm.training.callbacks.hub_upload import HubUpload
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))
@@ -254,7 +254,7 @@ def test_hub_upload_needs_a_token(tmp_path, monkeypatch):
 
 
 def test_a_failed_upload_is_a_warning_and_training_finishes(tmp_path, monkeypatch):
-    from bitlm.lit.callbacks.hub_upload import HubUpload
+    from bitlm.training.callbacks.hub_upload import HubUpload
 
     monkeypatch.setenv("HF_TOKEN", "hf_test")
 
@@ -274,7 +274,7 @@ def test_a_failed_upload_is_a_warning_and_training_finishes(tmp_path, monkeypatc
     [({"repo_id": "no-owner"}, "owner/name"), ({"every_n_steps": 0}, "every_n_steps")],
 )
 def test_hub_upload_refuses_bad_options(tmp_path, options, message):
-    from bitlm.lit.callbacks.hub_upload import HubUpload
+    from bitlm.training.callbacks.hub_upload import HubUpload
 
     arguments = {"repo_id": "me/model", "dirpath": tmp_path} | options
     with pytest.raises(BitLMError, match=message):

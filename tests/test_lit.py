@@ -4,13 +4,13 @@ import lightning as L
 import pytest
 import torch
 
-from bitlm.errors import BitLMError
-from bitlm.hub import save_pretrained
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
+from bitlm.core.errors import BitLMError
+from bitlm.format.export import save_pretrained
 from bitlm.model.config import ModelConfig
 from bitlm.model.flops import batch_flops
 from bitlm.telemetry.metrics import marginal_reference, symbiosis
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
 from tests.conftest import quiet_trainer
 
 

@@ -14,12 +14,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Timer
 
-from bitlm.cli.app import config_dir
-from bitlm.lit.callbacks import progress as progress_module
-from bitlm.lit.callbacks.progress import Progress, bytes_per_step
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
+from bitlm.app.hydra import config_dir
 from bitlm.model.config import ModelConfig
+from bitlm.training.callbacks import progress as progress_module
+from bitlm.training.callbacks.progress import Progress, bytes_per_step
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
 from tests.conftest import assert_user_error, quiet_trainer
 
 CONFIG = ModelConfig(d_model=32, n_heads=2, n_layers=1, max_seq_len=72, trunk="flat")
@@ -91,7 +91,7 @@ def test_a_line_per_optimizer_step_and_beside_a_bar_only_in_the_log_files(
     """4 steps of 2 accumulated batches, a line every 2 steps: steps 2 and 4, once each."""
     log_file = logging.FileHandler(tmp_path / "train.log")
     monkeypatch.setattr(logging.getLogger(), "handlers", [*logging.getLogger().handlers, log_file])
-    # as the CLI has it once Hydra has configured logging (bitlm.cli.app._log_through_root)
+    # as the CLI has it once Hydra has configured logging (bitlm.app.hydra._log_through_root)
     monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
     trainer = quiet_trainer(
         max_steps=4,

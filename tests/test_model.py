@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from bitlm.bits import bits_to_bytes, bytes_to_bits
-from bitlm.errors import BitLMError
+from bitlm.core.bits import bits_to_bytes, bytes_to_bits
+from bitlm.core.errors import BitLMError
+from bitlm.generation.causal import generate
 from bitlm.model import HierarchicalBitLM, build_model
 from bitlm.model.attention import SelfAttention
 from bitlm.model.config import ModelConfig
 from bitlm.model.flops import batch_flops
-from bitlm.model.generate import generate
 from bitlm.model.transformer import BitTransformerLM, capture_internals
 
 TRUNKS = ["flat", "hierarchical"]
@@ -284,7 +284,7 @@ def test_byte_baseline_is_causal_over_bytes_and_scores_every_byte():
 
 
 def test_export_round_trip_keeps_the_model_kind(tmp_path):
-    from bitlm.hub import load_model, save_pretrained
+    from bitlm.format.export import load_model, save_pretrained
 
     for unit, trunk in (("bit", "flat"), ("bit", "hierarchical"), ("byte", "flat")):
         torch.manual_seed(0)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from bitlm.lit.optimization import fused_adamw, warmup_cosine
-from bitlm.objective import BitsPerByte, bit_cross_entropy, byte_cross_entropy
+from bitlm.objectives.losses import BitsPerByte, bit_cross_entropy, byte_cross_entropy
+from bitlm.training.optim import fused_adamw, warmup_cosine
 
 
 def test_uniform_predictions_cost_exactly_eight_bits_per_byte():

@@ -18,13 +18,13 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.multiprocessing import ProcessExitedException
 
-from bitlm.cli.app import config_dir
+from bitlm.app.hydra import config_dir
 from bitlm.cli.train import requeue_default, resume_path
-from bitlm.errors import BitLMError
-from bitlm.lit.callbacks import LastCheckpoint, Preemption
-from bitlm.lit.checkpoint_io import AtomicCheckpointIO
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
+from bitlm.core.errors import BitLMError
+from bitlm.training.callbacks import LastCheckpoint, Preemption
+from bitlm.training.checkpoint_io import AtomicCheckpointIO
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
 from tests.conftest import quiet_trainer
 
 TINY = dict(d_model=32, n_heads=2, n_layers=2, max_seq_len=144)

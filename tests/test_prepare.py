@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bitlm.core.errors import BitLMError
 from bitlm.data import ByteStore, split_segments
 from bitlm.data.prepare import file_sources, hf_source, prepare
-from bitlm.errors import BitLMError
-from bitlm.lit.datamodule import BitDataModule
+from bitlm.training.datamodule import BitDataModule
 from tests.conftest import ENGLISH, TINY_TRAIN
 
 TEXT = (ENGLISH * 40).encode()

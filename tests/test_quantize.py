@@ -7,14 +7,14 @@ import lightning as L
 import pytest
 import torch
 
-from bitlm.errors import BitLMError
-from bitlm.evaluate import model_bits
-from bitlm.hub import load_model, save_pretrained, stored_size
-from bitlm.lit.callbacks.model_export import ModelExport
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
+from bitlm.core.errors import BitLMError
+from bitlm.evaluation.bpb import model_bits
+from bitlm.format.export import load_model, save_pretrained, stored_size
+from bitlm.format.quantize import quantize
 from bitlm.model import ModelConfig, build_model
-from bitlm.quantize import quantize
+from bitlm.training.callbacks.model_export import ModelExport
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
 from tests.conftest import ENGLISH, TINY_TRAIN, quiet_trainer
 
 TINY = dict(d_model=64, n_heads=2, n_layers=2, max_seq_len=288)

@@ -19,12 +19,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from bitlm.data.sampling import EpochPermutation, ResumableSampler
-from bitlm.errors import BitLMError
-from bitlm.lit.checkpoint_io import AtomicCheckpointIO
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.lit.module import BitLMModule
+from bitlm.core.errors import BitLMError
+from bitlm.data.samplers import EpochPermutation, ResumableSampler
 from bitlm.model import ModelConfig
+from bitlm.training.checkpoint_io import AtomicCheckpointIO
+from bitlm.training.datamodule import BitDataModule
+from bitlm.training.module import BitLMModule
 from tests.conftest import TINY_TRAIN, quiet_trainer
 
 RESUME_TRAIN = (
@@ -190,7 +190,7 @@ def test_a_preempted_run_saves_exits_for_a_requeue_and_resumes_to_the_same_weigh
 _SAVER = textwrap.dedent(
     """
     import sys, torch
-    from bitlm.lit.checkpoint_io import AtomicCheckpointIO
+    from bitlm.training.checkpoint_io import AtomicCheckpointIO
     io, path, version = AtomicCheckpointIO(), sys.argv[1], 0
     while True:
         version += 1

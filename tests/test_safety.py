@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitlm.bits import bytes_to_bits
+from bitlm.core.bits import bytes_to_bits
+from bitlm.generation.safety import (
+    SafetyError,
+    SafetyGate,
+    hil_safe_inference,
+    safe_sample_with_retry,
+)
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
-from bitlm.safety import SafetyError, SafetyGate, hil_safe_inference, safe_sample_with_retry
 from tests.conftest import ENGLISH
 
 

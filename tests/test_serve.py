@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from bitlm import hub
 from bitlm.cli.serve import allowed_hosts
-from bitlm.errors import BitLMError
+from bitlm.core.errors import BitLMError
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.serve.app import create_app
@@ -480,9 +480,9 @@ def test_requests_beyond_the_queue_are_told_to_retry(tmp_path):
 
 
 def test_a_training_run_publishes_live_telemetry(tmp_path, monkeypatch):
-    from bitlm.lit.callbacks.telemetry_publisher import TelemetryPublisher
-    from bitlm.lit.datamodule import BitDataModule
-    from bitlm.lit.module import BitLMModule
+    from bitlm.training.callbacks.telemetry_publisher import TelemetryPublisher
+    from bitlm.training.datamodule import BitDataModule
+    from bitlm.training.module import BitLMModule
 
     monkeypatch.setenv("BITLM_TOKEN", TOKEN)
     app = create_app(None, Settings(token=TOKEN))
@@ -505,9 +505,9 @@ def test_a_training_run_publishes_live_telemetry(tmp_path, monkeypatch):
 
 
 def test_publishing_with_a_wrong_token_warns_once_and_training_goes_on(tmp_path, monkeypatch):
-    from bitlm.lit.callbacks.telemetry_publisher import TelemetryPublisher
-    from bitlm.lit.datamodule import BitDataModule
-    from bitlm.lit.module import BitLMModule
+    from bitlm.training.callbacks.telemetry_publisher import TelemetryPublisher
+    from bitlm.training.datamodule import BitDataModule
+    from bitlm.training.module import BitLMModule
 
     monkeypatch.setenv("BITLM_TOKEN", "not-the-token")
     with live_server(create_app(None, Settings(token=TOKEN))) as url:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from bitlm.cli.app import check_overrides, objective
-from bitlm.errors import BitLMError
+from bitlm.app.hydra import check_overrides, objective
+from bitlm.core.errors import BitLMError
 from tests.conftest import ENGLISH, assert_user_error
 
 # n_heads=3 divides neither width: that trial fails when its model is built

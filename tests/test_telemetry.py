@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from bitlm.bits import bytes_to_bits
-from bitlm.errors import BitLMError
-from bitlm.telemetry.losses import KCSLoss
+from bitlm.core.bits import bytes_to_bits
+from bitlm.core.errors import BitLMError
+from bitlm.objectives.kcs import KCSLoss
 from bitlm.telemetry.lz76 import lz76_phrase_counts
 from bitlm.telemetry.metrics import (
     LZComplexity,

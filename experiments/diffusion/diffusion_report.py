@@ -6,7 +6,7 @@ trained diffusion models (and a causal model as the judge of the samples).
 RUN_DIR is a bitlm-train run directory (its exported model/ is loaded). On the validation split
 of the training corpus (the default data config) and on LICENSE/AGPL-3.0.txt it measures, per
 model and noise level, the bit accuracy and loss of the masked data bits
-(``bitlm.evaluate.denoising_metrics``). Then, per model, step count and choice temperature (0:
+(``bitlm.evaluation.bpb.denoising_metrics``). Then, per model, step count and choice temperature (0:
 pure confidence order; 1: the default), it samples 64 bytes from nothing with 4 seeds and scores
 them under the causal model ("generative bpb": how plausible the text is to an autoregressive
 model of the same corpus; the causal model's own samples are the reference), measures their
@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from bitlm.bench.plots import save, subplots
-from bitlm.bits import DATA_BITS, FRAME_BITS, bits_to_bytes, bytes_to_bits
-from bitlm.evaluate import denoising_metrics, model_bits
-from bitlm.hub import load_model
-from bitlm.lit.datamodule import BitDataModule
-from bitlm.sampling import sample
+from bitlm.core.bits import DATA_BITS, FRAME_BITS, bits_to_bytes, bytes_to_bits
+from bitlm.evaluation.bpb import denoising_metrics, model_bits
+from bitlm.format.export import load_model
+from bitlm.generation.sample import sample
+from bitlm.training.datamodule import BitDataModule
 
 LEVELS = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
 STEPS = (8, 16)

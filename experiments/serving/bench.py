@@ -3,7 +3,7 @@
 Starts ``bitlm-serve`` (a subprocess, as deployed) on an exported ``model=small`` network, sends
 REQUESTS /generate requests from CLIENTS threads (each waits for its answer before sending the
 next), and reports requests/s and p50/p99 latency. Reference measured in the same run: the same
-generations called in-process one after another (``bitlm.inference.generate_text``, no HTTP),
+generations called in-process one after another (``bitlm.generation.text.generate_text``, no HTTP),
 so ``speedup_vs_sequential`` = server requests/s ÷ in-process generations/s and the HTTP and
 queueing overhead show up as ``p50_ratio`` (server p50 ÷ in-process p50).
 
@@ -32,9 +32,9 @@ import httpx
 import torch
 from hydra import compose, initialize_config_dir
 
-from bitlm.cli.app import config_dir
-from bitlm.hub import save_pretrained
-from bitlm.inference import generate_text
+from bitlm.app.hydra import config_dir
+from bitlm.format.export import save_pretrained
+from bitlm.generation.text import generate_text
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from bitlm.bench.measure import corpus_bytes, median, timings
-from bitlm.bits import ParityError, bits_to_bytes, bytes_to_bits
+from bitlm.core.bits import ParityError, bits_to_bytes, bytes_to_bits
 
 
 def reference_encode(data: bytes) -> list[int]:

@@ -22,8 +22,8 @@ import torch
 from bitlm.bench.measure import corpus_bytes, in_fresh_process, median, peak_memory, timings
 from bitlm.bench.throughput import plain_seconds
 from bitlm.data.prepare import file_sources, prepare
-from bitlm.lit.datamodule import BitDataModule
 from bitlm.model.config import ModelConfig
+from bitlm.training.datamodule import BitDataModule
 
 
 def _write_text(path: Path, n_bytes: int) -> None:

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from bitlm.bench.measure import corpus_bytes, median, timings
-from bitlm.bits import FRAME_BITS
-from bitlm.errors import BitLMError
+from bitlm.core.bits import FRAME_BITS
+from bitlm.core.errors import BitLMError
+from bitlm.generation.causal import generate_bits
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
-from bitlm.model.generate import generate_bits
 
 
 def run(

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from bitlm.bits import FRAME_BITS, bytes_to_bits
+from bitlm.core.bits import FRAME_BITS, bytes_to_bits
 from bitlm.data import load_corpus
 
 T = TypeVar("T")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bitlm.bench.measure import corpus_batches, in_fresh_process, median, peak_memory, timings
-from bitlm.errors import BitLMError
+from bitlm.core.errors import BitLMError
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bitlm.files import write_atomic
+from bitlm.core.files import write_atomic
 
 MIB = 2**20
 

@@ -1,4 +1,4 @@
-"""rle: run-length coding of bit tensors (``bitlm.compression``) against a per-element Python
+"""rle: run-length coding of bit tensors (``bitlm.core.rle``) against a per-element Python
 implementation of the same codec, in MB of ``uint8`` bit tensor per second; and what the codec
 does to the size of text bits."""
 
@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from bitlm.bench.measure import corpus_bytes, median, timings
-from bitlm.bits import bytes_to_bits
-from bitlm.compression import MAX_RUN, compress_bits, decompress_bits, run_length_encode
+from bitlm.core.bits import bytes_to_bits
+from bitlm.core.rle import MAX_RUN, compress_bits, decompress_bits, run_length_encode
 
 
 def reference_encode(bits: list[int]) -> list[tuple[int, int]]:

@@ -40,15 +40,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from bitlm.bench.measure import corpus_batches, median, timings
 from bitlm.bench.throughput import lightning_seconds
-from bitlm.bits import DATA_BITS, FRAME_BITS
+from bitlm.core.bits import DATA_BITS, FRAME_BITS
 from bitlm.data import windows
-from bitlm.lit.callbacks.progress import Progress
-from bitlm.lit.callbacks.telemetry import TelemetryMonitor
+from bitlm.generation.causal import generate_bits
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.flops import batch_flops
-from bitlm.model.generate import generate_bits
 from bitlm.telemetry.metrics import lz76_complexity
+from bitlm.training.callbacks.progress import Progress
+from bitlm.training.callbacks.telemetry_monitor import TelemetryMonitor
 
 
 def run(

@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader
 
 from bitlm.bench.measure import corpus_batches, median, synchronize
 from bitlm.bench.memory import STACKS as STACK_FIELDS
-from bitlm.errors import BitLMError
-from bitlm.lit.module import BitLMModule
-from bitlm.lit.optimization import optimizer_and_schedule
+from bitlm.core.errors import BitLMError
 from bitlm.model.config import ModelConfig
 from bitlm.model.flops import batch_flops
+from bitlm.training.module import BitLMModule
+from bitlm.training.optim import optimizer_and_schedule
 
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
 """Precisions both loops implement identically (the plain loop through ``torch.autocast``)."""

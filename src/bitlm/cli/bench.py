@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from bitlm.app.hydra import fail, hydra_app, pick_device
 from bitlm.bench import (
     attention,
     codec,
@@ -25,10 +26,9 @@ from bitlm.bench import (
 )
 from bitlm.bench.measure import machine
 from bitlm.bench.plots import FIGURES
-from bitlm.cli.app import fail, hydra_app, pick_device
 from bitlm.cli.train import resolve_precision
-from bitlm.errors import BitLMError
-from bitlm.files import write_atomic
+from bitlm.core.errors import BitLMError
+from bitlm.core.files import write_atomic
 
 
 def _progress(message: str) -> None:

@@ -1,4 +1,4 @@
-"""bitlm-distill: collapse a trained model into a smaller one (see bitlm.distill)."""
+"""bitlm-distill: collapse a trained model into a smaller one (see bitlm.training.distill)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bitlm.cli.app import hydra_app, pick_device
+from bitlm.app.hydra import hydra_app, pick_device
+from bitlm.core.errors import BitLMError
 from bitlm.data import collate_bits
-from bitlm.distill import collapse_submodel, save_distilled_model
-from bitlm.errors import BitLMError
-from bitlm.hub import load_model
+from bitlm.format.export import load_model
+from bitlm.training.distill import collapse_submodel, save_distilled_model
 
 
 def distill(cfg: DictConfig) -> dict[str, Any]:

@@ -9,16 +9,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from bitlm.cli.app import hydra_app, pick_device
-from bitlm.errors import BitLMError
-from bitlm.hub import load_model
-from bitlm.inference import generate_text
+from bitlm.app.hydra import hydra_app, pick_device
+from bitlm.core.errors import BitLMError
+from bitlm.format.export import load_model
+from bitlm.generation.sample import sampling_mode
+from bitlm.generation.text import generate_text
 from bitlm.model import BitModel
-from bitlm.sampling import sampling_mode
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
-    """Sample (``bitlm.inference.generate_text``), gated by the safety settings if enabled."""
+    """Sample (``bitlm.generation.text.generate_text``), gated by the safety settings if enabled."""
     _check_sampling(cfg)
     prompt = prompt_bytes(cfg.prompt, cfg.prompt_file)
     device = pick_device(cfg.device)

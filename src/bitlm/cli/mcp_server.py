@@ -19,12 +19,12 @@ from typing import Any
 from omegaconf import DictConfig
 from pydantic import create_model
 
-from bitlm.cli.app import hydra_app, optional_dependencies, pick_device
+from bitlm.app.hydra import hydra_app, optional_dependencies, pick_device
 from bitlm.cli.generate import bit_model
 from bitlm.cli.serve import server_settings
-from bitlm.errors import BitLMError
-from bitlm.evaluate import compressor_references
-from bitlm.inference import generate_text, text_bpb, text_telemetry
+from bitlm.core.errors import BitLMError
+from bitlm.evaluation.bpb import compressor_references
+from bitlm.generation.text import generate_text, text_bpb, text_telemetry
 from bitlm.model import BitModel
 from bitlm.serve.schemas import GenerateRequest, TextRequest
 from bitlm.serve.state import Settings

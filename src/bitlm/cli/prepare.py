@@ -8,9 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from bitlm.cli.app import hydra_app
+from bitlm.app.hydra import hydra_app
+from bitlm.core.errors import BitLMError
 from bitlm.data.prepare import file_sources, hf_source, prepare
-from bitlm.errors import BitLMError
 
 
 def prepare_data(cfg: DictConfig) -> dict[str, Any]:

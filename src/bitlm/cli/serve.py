@@ -9,10 +9,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bitlm.cli.app import hydra_app, optional_dependencies, pick_device
+from bitlm.app.hydra import hydra_app, optional_dependencies, pick_device
 from bitlm.cli.generate import bit_model
-from bitlm.errors import BitLMError
-from bitlm.hub import read_config
+from bitlm.core.errors import BitLMError
+from bitlm.format.export import read_config
 from bitlm.serve.state import Limits, Settings
 
 TOKEN_VARIABLE = "BITLM_TOKEN"

@@ -14,13 +14,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
-from bitlm.cli.app import hydra_app
-from bitlm.errors import BitLMError
-from bitlm.files import remove_stale_temporaries
-from bitlm.hub import checkpoint_step, load_model
-from bitlm.lit.callbacks.adaptive_expansion import AdaptiveExpansion
-from bitlm.lit.callbacks.progress import bytes_per_step
-from bitlm.lit.module import FINAL_STEP_KEY
+from bitlm.app.hydra import hydra_app
+from bitlm.core.errors import BitLMError
+from bitlm.core.files import remove_stale_temporaries
+from bitlm.format.export import checkpoint_step, load_model
+from bitlm.training.callbacks.adaptive_expansion import AdaptiveExpansion
+from bitlm.training.callbacks.progress import bytes_per_step
+from bitlm.training.module import FINAL_STEP_KEY
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _remove_leftovers(output_dir: Path) -> None:
     """Delete the temporary files and staging folders of saves an earlier, killed process of
-    this run left in its run dir (``bitlm.files.remove_stale_temporaries``)."""
+    this run left in its run dir (``bitlm.core.files.remove_stale_temporaries``)."""
     for folder in (output_dir, output_dir / "checkpoints"):
         for path in remove_stale_temporaries(folder):
             rank_zero_info(f"removed {path}, left by an interrupted save")

@@ -4,7 +4,7 @@ See :mod:`bitlm.data.windows` for the train/validation split rule.
 """
 
 from bitlm.data.corpus import CORPORA, load_corpus, pydoc_corpus, resolve_paths
-from bitlm.data.sampling import EpochPermutation, ResumableSampler
+from bitlm.data.samplers import EpochPermutation, ResumableSampler
 from bitlm.data.store import ByteStore, default_cache_dir
 from bitlm.data.windows import (
     Segment,

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bitlm.errors import BitLMError
+from bitlm.core.errors import BitLMError
 
 _GLOB_CHARS = frozenset("*?[")
 

@@ -30,6 +30,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from bitlm.core.errors import BitLMError
+from bitlm.core.files import remove_stale_temporaries, staged_dir
 from bitlm.data.corpus import resolve_paths
 from bitlm.data.store import (
     PREPARED_BYTES,
@@ -39,8 +41,6 @@ from bitlm.data.store import (
     terminated,
 )
 from bitlm.data.windows import split_period, split_segments
-from bitlm.errors import BitLMError
-from bitlm.files import remove_stale_temporaries, staged_dir
 
 Document = Iterable[bytes]
 """A document as blocks of bytes."""

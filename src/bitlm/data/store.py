@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from bitlm.core.errors import BitLMError
+from bitlm.core.files import write_atomic
 from bitlm.data.corpus import load_corpus, resolve_paths
-from bitlm.errors import BitLMError
-from bitlm.files import write_atomic
 
 _FORMAT_VERSION = 2  # bump when the byte layout of a cache file changes
 READ_BLOCK = 1 << 20

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bitlm.bits import bytes_to_bits
+from bitlm.core.bits import bytes_to_bits
+from bitlm.core.errors import BitLMError
 from bitlm.data.store import ByteStore
-from bitlm.errors import BitLMError
 
 Segment = tuple[int, int]
 """A half-open byte range ``(start, end)`` of the stream."""

@@ -149,7 +149,7 @@ class _ReversibleFunction(torch.autograd.Function):
     ordinary autograd, once per parameter per step. That is what distributed wrappers watch:
     DDP's gradient hooks fire once per parameter (no "marked ready twice"), and FSDP2 units
     wrapping the branches unshard in their forward hooks and reduce-scatter after their backward
-    (``bitlm.lit.strategies.shard_model``).
+    (``bitlm.training.strategies.shard_model``).
     """
 
     @staticmethod

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bitlm.bits import frame_values
+from bitlm.core.bits import frame_values
 from bitlm.model.config import ModelConfig
 from bitlm.model.transformer import TransformerLM
-from bitlm.objective import byte_cross_entropy
+from bitlm.objectives.losses import byte_cross_entropy
 
 START = 256
 """Input symbol before the first byte of a window."""

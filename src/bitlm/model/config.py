@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bitlm.bits import FRAME_BITS, frames_in
-from bitlm.errors import BitLMError
+from bitlm.core.bits import FRAME_BITS, frames_in
+from bitlm.core.errors import BitLMError
 
 NOISE_SCHEDULES = ("linear", "cosine", "exp")
-"""Names of the corruption-rate schedules of diffusion mode (``bitlm.diffusion.SCHEDULES``)."""
+"""Names of the corruption-rate schedules of diffusion mode (``bitlm.objectives.diffusion.SCHEDULES``)."""
 
 
 @dataclass
@@ -32,11 +32,11 @@ class ModelConfig:
     # hierarchical trunk existed still load as the model they describe.
     trunk: str = "flat"
     # "causal": predict each bit from the bits before it (autoregressive); "diffusion": predict
-    # masked bits from the whole noisy sequence (bidirectional denoising, bitlm/diffusion.py)
+    # masked bits from the whole noisy sequence (bidirectional denoising, bitlm/objectives/diffusion.py)
     mode: str = "causal"
     # diffusion mode: corruption rate γ(t) over noise time t ∈ [0, 1] used in training and, by
     # default, by the sampler: "linear" γ = t, "cosine" γ = 1 − cos(πt/2), "exp" γ = (1 − e^(−5t))
-    # / (1 − e^(−5)) (bitlm.diffusion.SCHEDULES)
+    # / (1 − e^(−5)) (bitlm.objectives.diffusion.SCHEDULES)
     noise_schedule: str = "linear"
     d_model: int = 256
     n_heads: int = 4

@@ -39,7 +39,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from bitlm.errors import BitLMError
+from bitlm.core.errors import BitLMError
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bitlm.bits import DATA_BITS, FRAME_BITS
+from bitlm.core.bits import DATA_BITS, FRAME_BITS
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack
 from bitlm.model.config import ModelConfig

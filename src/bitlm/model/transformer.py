@@ -26,14 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bitlm.bits import FRAME_BITS
-from bitlm.compression import CompressedBits, decompress_bits
-from bitlm.errors import BitLMError
+from bitlm.core.bits import FRAME_BITS
+from bitlm.core.errors import BitLMError
+from bitlm.core.rle import CompressedBits, decompress_bits
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack, ReversibleStack
 from bitlm.model.config import ModelConfig
 from bitlm.model.pretrained import Pretrained
-from bitlm.objective import bit_cross_entropy
+from bitlm.objectives.losses import bit_cross_entropy
 
 MASK = 2
 """Input symbol for "no bit here": the start-of-context input in causal mode, the masked
@@ -88,7 +88,7 @@ class TransformerLM(nn.Module, Pretrained):
     def forward_compressed(
         self, compressed: CompressedBits, **kwargs: Any
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``forward`` of the bits ``compress_bits`` coded (``bitlm.compression``), decoded on
+        """``forward`` of the bits ``compress_bits`` coded (``bitlm.core.rle``), decoded on
         the model's device: the same result as ``forward`` on the raw bits, by construction."""
         bits = decompress_bits(compressed).to(self.head.weight.device)
         return self(bits, **kwargs)
@@ -100,7 +100,7 @@ class TransformerLM(nn.Module, Pretrained):
         if self.config.mode != "causal":
             raise BitLMError(
                 "a model.mode=diffusion model gives no next-bit likelihood to score; "
-                "bitlm.diffusion.elbo_bits bounds its bits per byte instead"
+                "bitlm.objectives.diffusion.elbo_bits bounds its bits per byte instead"
             )
         logits, _ = self(bits)
         return bit_cross_entropy(logits, bits, include_parity)

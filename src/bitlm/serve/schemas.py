@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from bitlm.errors import BitLMError
+from bitlm.core.errors import BitLMError
 from bitlm.serve import MAX_TELEMETRY_METRICS, valid_metric_name
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class GenerateRequest(Request):
             raise OverLimit(f"max_new_bytes is at most {limits.max_new_bytes} on this server", 422)
 
     def sampling_options(self) -> dict[str, Any]:
-        """``bitlm.inference.generate_text``'s keyword arguments for this request (its text as
+        """``bitlm.generation.text.generate_text``'s keyword arguments for this request (its text as
         UTF-8 bytes; an empty stop is none)."""
         return {
             "seed": self.seed,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitlm.safety import DriftWatch
+from bitlm.generation.safety import DriftWatch
 
 # the names a browser on this machine sends as Host for a server on loopback
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -55,7 +55,7 @@ class Settings:
 
 class TelemetryStore:
     """The last ``history`` published points ``{"step", "time", "metrics"}``, the latest value
-    of every metric, and drift warnings (``bitlm.safety.DriftWatch`` over ``drift_metrics``).
+    of every metric, and drift warnings (``bitlm.generation.safety.DriftWatch`` over ``drift_metrics``).
     Thread-safe: publishers and readers are different requests."""
 
     def __init__(self, settings: Settings) -> None:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from bitlm.bits import DATA_BITS, FRAME_BITS, FRAME_TABLE, frame_values
+from bitlm.core.bits import DATA_BITS, FRAME_BITS, FRAME_TABLE, frame_values
 from bitlm.telemetry.lz76 import lz76_phrase_counts
 
 EPS = 1e-6

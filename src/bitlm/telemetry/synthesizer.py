@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bitlm.errors import BitLMError
+from bitlm.core.errors import BitLMError
 from bitlm.model.transformer import evaluating
 from bitlm.telemetry.metrics import lz76_complexity, negentropy, prediction_telemetry
 

@@ -1,0 +1,76 @@
+"""The language-modelling objective over bits, and bits per byte (bpb), the headline metric.
+
+For logits (B, L, 2) and target bits (B, L) with L = 9·n, frame position ``t mod 9`` tells a data
+bit (0–7) from the parity bit (8)::
+
+    CE_t  = −log2 p(bit_t | context)                    (in bits)
+    bpb   = Σ_{t data bit} CE_t / #bytes                 #bytes = #data bits / 8
+
+Parity bits carry no information (they are a function of their frame's data bits), so they are
+excluded from bpb, which makes it directly comparable with byte-level models and compressors: for
+the byte-level baseline, a byte's CE is its 256-way cross-entropy in bits, the same quantity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+from bitlm.core.bits import DATA_BITS, FRAME_BITS
+
+
+def bit_cross_entropy(
+    logits: Tensor, bits: Tensor, include_parity: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Next-bit cross-entropy of logits (B, L, 2) against bits (B, L), L = 9·n.
+
+    Returns ``(loss, byte_bits)``: the mean CE in nats over the trained positions (data bits
+    only unless ``include_parity``), and the CE in bits of each byte, (B, n), summed over its
+    8 data bits (detached; bpb is its mean).
+    """
+    ce = F.cross_entropy(logits.float().flatten(0, 1), bits.long().flatten(), reduction="none")
+    frames = ce.view(*bits.shape[:-1], -1, FRAME_BITS)  # (B, n, 9), nats
+    data = frames[..., :DATA_BITS]
+    loss = frames.mean() if include_parity else data.mean()
+    return loss, data.detach().sum(-1) / math.log(2)
+
+
+def byte_cross_entropy(logits: Tensor, byte_values: Tensor) -> tuple[Tensor, Tensor]:
+    """256-way cross-entropy of logits (B, n, 256) against byte values (B, n).
+
+    Returns ``(loss, byte_bits)`` as ``bit_cross_entropy`` does; the loss is in nats per byte.
+    """
+    ce = F.cross_entropy(
+        logits.float().flatten(0, 1), byte_values.long().flatten(), reduction="none"
+    )
+    ce = ce.view(byte_values.shape)
+    return ce.mean(), ce.detach() / math.log(2)
+
+
+class BitsPerByte(Metric):
+    """Running bpb = Σ CE (bits) / Σ bytes over per-byte CE tensors, across batches and ranks."""
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state(
+            "ce_bits", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "n_bytes", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+
+    def update(self, byte_bits: Tensor) -> None:
+        # out of place: states reset under inference mode (trainer.validate) are inference
+        # tensors, which refuse in-place updates once training resumes
+        self.ce_bits = self.ce_bits + byte_bits.double().sum()
+        self.n_bytes = self.n_bytes + byte_bits.numel()
+
+    def compute(self) -> Tensor:
+        return (self.ce_bits / self.n_bytes).float()

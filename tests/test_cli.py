@@ -197,7 +197,7 @@ def test_bad_sampling_options(trained_run, refused, tmp_path):
 
 
 def test_export_loads_as_plain_module(trained_run):
-    from bitlm.format.export import load_model
+    from bitlm.io import load_model
 
     run_dir, _ = trained_run
     model = load_model(run_dir / "model")
@@ -245,7 +245,7 @@ def test_non_text_prompt_and_bad_model_values(trained_run, refused, tmp_path):
 
 
 def test_generate_refuses_the_byte_baseline(refused, tmp_path):
-    from bitlm.format.export import save_pretrained
+    from bitlm.io import save_pretrained
     from bitlm.model import build_model
     from bitlm.model.config import ModelConfig
 

@@ -10,22 +10,15 @@ import torch
 
 from bitlm.core.bits import DATA_BITS, FRAME_BITS, bytes_to_bits, decode_bits
 from bitlm.core.errors import BitLMError
-from bitlm.format.export import save_pretrained
+from bitlm.generation.diffusion import denoise, diffusion_generate, repair_parity
 from bitlm.generation.safety import safe_sample_with_retry
 from bitlm.generation.sample import sample
+from bitlm.io import save_pretrained
 from bitlm.model import ModelConfig, build_model
 from bitlm.model.config import NOISE_SCHEDULES
+from bitlm.model.noise import SCHEDULES, corrupt, corruption_rate, mask_exactly
 from bitlm.model.transformer import MASK
-from bitlm.objectives.diffusion import (
-    SCHEDULES,
-    corrupt,
-    corruption_rate,
-    denoise,
-    diffusion_generate,
-    elbo_bits,
-    mask_exactly,
-    repair_parity,
-)
+from bitlm.objectives.diffusion import elbo_bits
 from bitlm.training.callbacks.diffusion_curriculum import DiffusionCurriculum
 from bitlm.training.datamodule import BitDataModule
 from bitlm.training.module import BitLMModule
@@ -471,7 +464,7 @@ def test_data_bits_only_count_in_denoising_accuracy():
 
 @pytest.mark.parametrize("trunk", TRUNKS)
 def test_frame_predictions_never_see_the_frame_they_predict(trunk):
-    from bitlm.objectives.diffusion import frame_predictions
+    from bitlm.model.noise import frame_predictions
 
     model = diffusion_model(trunk).eval()
     bits = bytes_to_bits(b"abcdefgh").long()[None]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from bitlm.bench.measure import corpus_batches
 from bitlm.core.errors import BitLMError
-from bitlm.format.export import load_model
+from bitlm.io import load_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.objectives.losses import bit_cross_entropy

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bitlm.format.export import load_model
+from bitlm.io import load_model
 from tests.conftest import ENGLISH, run_process_group
 
 SCRIPT = Path(__file__).with_name("distributed_run.py")

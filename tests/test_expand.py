@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from bitlm.core.errors import BitLMError
-from bitlm.format.export import load_model
+from bitlm.io import load_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import carry_optimizer_state, grow_to

@@ -26,7 +26,7 @@ from bitlm.app.hydra import check_overrides, config_dir
 from bitlm.cli.generate import generate, prompt_bytes
 from bitlm.core.errors import BitLMError
 from bitlm.core.files import atomic_writer, remove_stale_temporaries
-from bitlm.format.export import load_model
+from bitlm.io import load_model
 from bitlm.model.config import ModelConfig
 from bitlm.training.callbacks import BestCheckpoint, LastCheckpoint
 from bitlm.training.checkpoint_io import AtomicCheckpointIO

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bitlm import hub
+from bitlm import io as hub
 from bitlm.core.bits import bytes_to_bits
 from bitlm.core.errors import BitLMError
 from bitlm.model import BitTransformerLM, HierarchicalBitLM, build_model
@@ -153,7 +153,7 @@ def test_offline_pull_and_push_fail_with_one_clear_line(
 
     run_dir, _ = trained_run
     code = (
-        "from bitlm import hub\n"
+        "from bitlm import io as hub\n"
         f"hub.push_to_hub({str(run_dir / 'model')!r}, 'someone/model', token='hf_x')\n"
     )
     push = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bitlm.core.errors import BitLMError
-from bitlm.format.export import save_pretrained
+from bitlm.io import save_pretrained
 from bitlm.model.config import ModelConfig
 from bitlm.model.flops import batch_flops
 from bitlm.telemetry.metrics import marginal_reference, symbiosis

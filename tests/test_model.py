@@ -284,7 +284,7 @@ def test_byte_baseline_is_causal_over_bytes_and_scores_every_byte():
 
 
 def test_export_round_trip_keeps_the_model_kind(tmp_path):
-    from bitlm.format.export import load_model, save_pretrained
+    from bitlm.io import load_model, save_pretrained
 
     for unit, trunk in (("bit", "flat"), ("bit", "hierarchical"), ("byte", "flat")):
         torch.manual_seed(0)

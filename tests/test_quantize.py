@@ -9,8 +9,7 @@ import torch
 
 from bitlm.core.errors import BitLMError
 from bitlm.evaluation.bpb import model_bits
-from bitlm.format.export import load_model, save_pretrained, stored_size
-from bitlm.format.quantize import quantize
+from bitlm.io import load_model, quantize, save_pretrained, stored_size
 from bitlm.model import ModelConfig, build_model
 from bitlm.training.callbacks.model_export import ModelExport
 from bitlm.training.datamodule import BitDataModule

@@ -23,7 +23,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from omegaconf import OmegaConf
 
-from bitlm import hub
+from bitlm import io as hub
 from bitlm.cli.serve import allowed_hosts
 from bitlm.core.errors import BitLMError
 from bitlm.model import build_model

@@ -30,8 +30,8 @@ import torch
 from bitlm.bench.plots import save, subplots
 from bitlm.core.bits import DATA_BITS, FRAME_BITS, bits_to_bytes, bytes_to_bits
 from bitlm.evaluation.bpb import denoising_metrics, model_bits
-from bitlm.format.export import load_model
 from bitlm.generation.sample import sample
+from bitlm.io import load_model
 from bitlm.training.datamodule import BitDataModule
 
 LEVELS = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0]

@@ -33,8 +33,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from bitlm.app.hydra import config_dir
-from bitlm.format.export import save_pretrained
 from bitlm.generation.text import generate_text
+from bitlm.io import save_pretrained
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from bitlm.app.hydra import hydra_app, pick_device
 from bitlm.core.errors import BitLMError
 from bitlm.data import collate_bits
-from bitlm.format.export import load_model
+from bitlm.io import load_model
 from bitlm.training.distill import collapse_submodel, save_distilled_model
 
 

@@ -11,7 +11,7 @@ from bitlm.app.hydra import hydra_app, pick_device
 from bitlm.core.errors import BitLMError
 from bitlm.data import resolve_paths
 from bitlm.evaluation.bpb import compressor_references, denoising_metrics, model_bits
-from bitlm.format.export import load_model, quantization_of, stored_size
+from bitlm.io import load_model, quantization_of, stored_size
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

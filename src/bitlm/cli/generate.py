@@ -11,9 +11,9 @@ from omegaconf import DictConfig
 
 from bitlm.app.hydra import hydra_app, pick_device
 from bitlm.core.errors import BitLMError
-from bitlm.format.export import load_model
 from bitlm.generation.sample import sampling_mode
 from bitlm.generation.text import generate_text
+from bitlm.io import load_model
 from bitlm.model import BitModel
 
 

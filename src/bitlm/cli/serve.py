@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from bitlm.app.hydra import hydra_app, optional_dependencies, pick_device
 from bitlm.cli.generate import bit_model
 from bitlm.core.errors import BitLMError
-from bitlm.format.export import read_config
+from bitlm.io import read_config
 from bitlm.serve.state import Limits, Settings
 
 TOKEN_VARIABLE = "BITLM_TOKEN"

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from bitlm.app.hydra import hydra_app
 from bitlm.core.errors import BitLMError
 from bitlm.core.files import remove_stale_temporaries
-from bitlm.format.export import checkpoint_step, load_model
+from bitlm.io import checkpoint_step, load_model
 from bitlm.training.callbacks.adaptive_expansion import AdaptiveExpansion
 from bitlm.training.callbacks.progress import bytes_per_step
 from bitlm.training.module import FINAL_STEP_KEY

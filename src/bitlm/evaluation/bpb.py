@@ -27,8 +27,9 @@ from torch import nn
 from tqdm import tqdm
 
 from bitlm.core.bits import bytes_to_bits
+from bitlm.model.noise import mask_exactly
 from bitlm.model.transformer import MASK, evaluating
-from bitlm.objectives.diffusion import denoising_stats, elbo_bits, mask_exactly
+from bitlm.objectives.diffusion import denoising_stats, elbo_bits
 
 
 def sliding_windows(n_bytes: int, window: int, stride: int) -> list[tuple[int, int]]:

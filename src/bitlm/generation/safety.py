@@ -35,8 +35,8 @@ from bitlm.core.bits import bits_to_text, frame_values
 from bitlm.core.errors import BitLMError
 from bitlm.generation.sample import sample
 from bitlm.model import BitModel
+from bitlm.model.noise import frame_predictions
 from bitlm.model.transformer import evaluating
-from bitlm.objectives.diffusion import frame_predictions
 from bitlm.objectives.kcs import telemetry_of
 from bitlm.telemetry.metrics import lz76_complexity, marginal_reference
 

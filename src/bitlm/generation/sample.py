@@ -12,8 +12,8 @@ import torch
 from bitlm.core.bits import FRAME_BITS, decode_bits
 from bitlm.core.errors import BitLMError
 from bitlm.generation.causal import generate_bits
+from bitlm.generation.diffusion import Sample, diffusion_generate
 from bitlm.model import BitModel
-from bitlm.objectives.diffusion import Sample, diffusion_generate
 
 MODES = ("causal", "diffusion")
 

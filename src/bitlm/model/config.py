@@ -11,7 +11,7 @@ from bitlm.core.bits import FRAME_BITS, frames_in
 from bitlm.core.errors import BitLMError
 
 NOISE_SCHEDULES = ("linear", "cosine", "exp")
-"""Names of the corruption-rate schedules of diffusion mode (``bitlm.objectives.diffusion.SCHEDULES``)."""
+"""Names of the corruption-rate schedules of diffusion mode (``bitlm.model.noise.SCHEDULES``)."""
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ModelConfig:
     mode: str = "causal"
     # diffusion mode: corruption rate γ(t) over noise time t ∈ [0, 1] used in training and, by
     # default, by the sampler: "linear" γ = t, "cosine" γ = 1 − cos(πt/2), "exp" γ = (1 − e^(−5t))
-    # / (1 − e^(−5)) (bitlm.objectives.diffusion.SCHEDULES)
+    # / (1 − e^(−5)) (bitlm.model.noise.SCHEDULES)
     noise_schedule: str = "linear"
     d_model: int = 256
     n_heads: int = 4

@@ -2,10 +2,10 @@
 
 ``model.save_pretrained(folder)``, ``model.push_to_hub("owner/name")`` and
 ``BitTransformerLM.from_pretrained("owner/name" or folder)`` are the mixin's, with three
-bitlm rules (the folder format itself lives in ``bitlm.format.export``):
+bitlm rules (the folder format itself lives in ``bitlm.io.export``):
 
 * ``config.json`` is bitlm's (``{"format", "model", ["quantization"]}``), not the constructor's
-  arguments, so the same folder loads through ``bitlm.format.export.load_model`` and every CLI;
+  arguments, so the same folder loads through ``bitlm.io.export.load_model`` and every CLI;
 * loading is **strict**: a missing or unexpected weight is an error (the mixin's default,
   ``strict=False``, silently keeps random weights for a renamed layer);
 * Hub failures (offline, unknown repository, no access) become one ``BitLMError`` line.
@@ -49,7 +49,7 @@ and `S` (symbiosis) are the K/C/S telemetry of the model's predictions, each in 
 ## Use
 
 ```python
-from bitlm.format.export import load_model
+from bitlm.io import load_model
 
 model = load_model("hf://{{ repo }}")  # or a local folder
 ```
@@ -72,9 +72,9 @@ class Pretrained(
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:
         """The mixin's ``save_pretrained`` (weights, config.json, README.md model card) with
-        bitlm's config.json (``bitlm.format.export.config_json``: pass ``config=`` to add metrics); not
-        atomic: ``bitlm.format.export.save_pretrained`` stages it."""
-        from bitlm.format.export import config_json
+        bitlm's config.json (``bitlm.io.export.config_json``: pass ``config=`` to add metrics); not
+        atomic: ``bitlm.io.export.save_pretrained`` stages it."""
+        from bitlm.io.export import config_json
 
         config = kwargs.setdefault("config", config_json(self))
         card = self.card_kwargs(config, kwargs.get("repo_id"))
@@ -84,7 +84,7 @@ class Pretrained(
     def card_kwargs(self, config: dict[str, Any], repo_id: str | None) -> dict[str, Any]:
         """What the model card template fills in: the architecture, the metrics recorded in
         ``config`` (config.json's content) and the Hub repository, when known."""
-        from bitlm.format.export import card_metrics
+        from bitlm.io.export import card_metrics
 
         model = self.config
         return {
@@ -101,7 +101,7 @@ class Pretrained(
         }
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        from bitlm.format.export import write_weights
+        from bitlm.io.export import write_weights
 
         write_weights(self.state_dict(), save_directory, getattr(self, "quantization", None))
 
@@ -109,8 +109,8 @@ class Pretrained(
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any):
         """The mixin's ``from_pretrained`` (a local folder, or a Hub repository id), strict by
         default; ``BitLMError`` for Hub failures, a foreign folder or a model of another class
-        (``bitlm.format.export.load_model`` takes any)."""
-        from bitlm.format.export import hub_errors
+        (``bitlm.io.export.load_model`` takes any)."""
+        from bitlm.io.export import hub_errors
 
         with hub_errors(f"download {pretrained_model_name_or_path}"):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -129,7 +129,7 @@ class Pretrained(
         strict: bool = True,
         **config_fields: Any,  # the mixin's reading of config.json; read_folder applies bitlm's
     ):
-        from bitlm.format.export import read_folder, snapshot
+        from bitlm.io.export import read_folder, snapshot
 
         folder = snapshot(
             model_id,
@@ -143,6 +143,6 @@ class Pretrained(
         if not isinstance(model, cls):
             raise BitLMError(
                 f"{model_id} holds a {type(model).__name__}, not a {cls.__name__}: load it with "
-                "bitlm.format.export.load_model, which builds whichever class the config names"
+                "bitlm.io.export.load_model, which builds whichever class the config names"
             )
         return model.to(map_location).eval()

@@ -48,9 +48,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bitlm.core.errors import BitLMError, TimeLimitExceeded
-from bitlm.format.export import HUB_PREFIX, config_json, read_config, save_pretrained, stored_size
 from bitlm.generation.safety import SafetyError
 from bitlm.generation.text import generate_text
+from bitlm.io import HUB_PREFIX, config_json, read_config, save_pretrained, stored_size
 from bitlm.model import BitModel
 from bitlm.serve.schemas import GenerateRequest, OverLimit, SaveRequest, TelemetryReport
 from bitlm.serve.state import Settings, TelemetryStore

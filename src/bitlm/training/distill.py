@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from bitlm.core.bits import DATA_BITS, FRAME_BITS
 from bitlm.core.errors import BitLMError
-from bitlm.format.export import save_pretrained, serialized_weights
+from bitlm.io import save_pretrained, serialized_weights
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import grow_to
@@ -244,7 +244,7 @@ def meets(figures: Mapping[str, float], floors: Mapping[str, float]) -> bool:
 
 
 def save_distilled_model(result: Distilled, directory: str | Path) -> Path:
-    """The student as an exported model folder (``bitlm.format.export.save_pretrained``) with
+    """The student as an exported model folder (``bitlm.io.save_pretrained``) with
     ``metrics.json``: the student's and the teacher's bpb, K, C, S, parameters and size on disk
     (float32 safetensors: parameters × 4 bytes plus the header), the floors, whether they held,
     and every round; written with the model, before the folder appears."""

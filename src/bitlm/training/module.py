@@ -17,21 +17,13 @@ from torchmetrics import MeanMetric, MetricCollection
 from bitlm.core.bits import FRAME_BITS
 from bitlm.core.errors import BitLMError
 from bitlm.core.rle import compress_bits
-from bitlm.format.export import load_model, quantization_of
-from bitlm.format.quantize import prepare_qat
+from bitlm.io import load_model, prepare_qat, quantization_of
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import ADJUSTABLE, GROWABLE, grow_to
 from bitlm.model.flops import batch_flops
-from bitlm.objectives.diffusion import (
-    corrupt,
-    corruption_rate,
-    denoising_loss,
-    denoising_stats,
-    elbo_bits,
-    frame_predictions,
-    sample_noise_times,
-)
+from bitlm.model.noise import corrupt, corruption_rate, frame_predictions, sample_noise_times
+from bitlm.objectives.diffusion import denoising_loss, denoising_stats, elbo_bits
 from bitlm.objectives.kcs import KCSLoss
 from bitlm.objectives.losses import BitsPerByte, bit_cross_entropy
 from bitlm.telemetry.metrics import (
@@ -214,7 +206,7 @@ class BitLMModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """With ``qat``, insert 4-bit fake quantizers into the linear layers
-        (``bitlm.format.quantize.prepare_qat``; parameter names unchanged).
+        (``bitlm.io.quantize.prepare_qat``; parameter names unchanged).
         Under ``ModelParallelStrategy`` (``trainer=fsdp``, ``trainer=fsdp_sim``) shard the
         model with FSDP2 over the data-parallel mesh (``bitlm.training.strategies.shard_model``);
         other strategies set no mesh and leave the model whole. Then, with ``model.compile``,

@@ -11,14 +11,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from bitlm.core.background import BackgroundTask
 from bitlm.core.errors import BitLMError
-from bitlm.format.export import push_to_hub, save_pretrained
+from bitlm.io import push_to_hub, save_pretrained
 from bitlm.training.callbacks.model_export import export_metrics, full_state
 
 
 class HubUpload(L.Callback):
     """Every ``every_n_steps`` steps and at the end of training, export the model (as
     ``ModelExport`` does, with its metrics) to ``dirpath`` and upload that folder to the Hub
-    repository ``repo_id`` (``bitlm.format.export.push_to_hub``, token from ``HF_TOKEN``).
+    repository ``repo_id`` (``bitlm.io.push_to_hub``, token from ``HF_TOKEN``).
 
     Rank 0 uploads on a background thread (``bitlm.core.background.BackgroundTask``): training
     never waits for the network. While an upload is still running, the next periodic export

@@ -11,18 +11,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from bitlm.core.errors import BitLMError
-from bitlm.format.export import save_pretrained
-from bitlm.format.quantize import SCHEMES, quantize
+from bitlm.io import SCHEMES, quantize, save_pretrained
 from bitlm.model import build_model
 
 
 class ModelExport(L.Callback):
-    """Write ``dirpath/{config.json,model.safetensors}`` (see ``bitlm.format.export``) from the final
+    """Write ``dirpath/{config.json,model.safetensors}`` (see ``bitlm.io.export``) from the final
     weights (gathered whole when the model is sharded), on rank 0, atomically. This folder is
     what ``bitlm-eval``, ``bitlm-generate`` and the hub upload read: no Lightning, optimiser
     state or pickled code in it.
 
-    ``quantize``: also write ``<dirpath>_<scheme>`` for each ``bitlm.format.quantize`` scheme
+    ``quantize``: also write ``<dirpath>_<scheme>`` for each ``bitlm.io.quantize`` scheme
     (``int8``, ``int4``) — the same weights quantized for CPU inference. After
     ``module.qat=true`` training, ``int4`` is the converted QAT model.
 

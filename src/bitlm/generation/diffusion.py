@@ -1,0 +1,191 @@
+"""Diffusion sampling: iterative denoising of masked frames, and parity repair.
+
+**Sampling** (``diffusion_generate``): the positions to fill start masked; at step k = S … 1 the
+model predicts every position, a bit is drawn for each masked one, and the drawn bits the model
+is most confident of are kept so that γ((k−1)/S) of the positions stay masked (MaskGIT). The
+confidence is randomised: a drawn bit's score is log p + τ·(k/S)·g with g standard Gumbel noise and
+τ = ``choice_temperature`` (MaskGIT's annealed choice temperature). Pure confidence (τ = 0) lets the
+likeliest bits go first, which for bytes means runs of spaces: every trained model we measured
+(``experiments/diffusion``) collapsed into 64 spaces or dashes on some seeds; τ = 1 keeps the
+samples varied, and τ → ∞ is the random order of the bound above. With ``remask``
+already-filled bits compete too: one the model now finds unlikely can be masked again.
+Last, ``repair_parity`` makes every frame decode: in a frame of odd parity it flips the bit drawn
+with the lowest probability, which gives the most probable even-parity frame under the drawn
+bits' probabilities among single flips.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from bitlm.core.bits import FRAME_BITS, bytes_to_bits
+from bitlm.core.errors import BitLMError, check_deadline
+from bitlm.model.noise import corruption_rate
+from bitlm.model.transformer import MASK, TransformerLM, evaluating
+
+
+class Sample(NamedTuple):
+    """A sampled continuation: bits (9n,) uint8 that always decode, and how many frames the
+    parity repair had to change (always 0 for causal sampling, which computes parity bits)."""
+
+    bits: Tensor
+    parity_repairs: int
+
+
+def repair_parity(bits: Tensor, confidence: Tensor) -> tuple[Tensor, int]:
+    """Make every frame of bits (B, 9n) even: in each odd frame flip its bit of lowest
+    ``confidence`` (B, 9n) (the probability with which it was drawn; +inf for given bits).
+    Returns the repaired bits and the number of frames changed."""
+    frames = bits.view(bits.size(0), -1, FRAME_BITS)
+    odd = frames.sum(-1) % 2 == 1  # (B, n)
+    weakest = confidence.view_as(frames).argmin(-1, keepdim=True)  # (B, n, 1)
+    flip = torch.zeros_like(frames, dtype=torch.bool).scatter_(-1, weakest, odd[..., None])
+    return (frames ^ flip.to(frames.dtype)).view_as(bits), int(odd.sum())
+
+
+@torch.no_grad()
+def denoise(
+    model: TransformerLM,
+    symbols: Tensor,
+    steps: int,
+    schedule: str,
+    temperature: float = 1.0,
+    remask: bool = False,
+    choice_temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    deadline: float | None = None,
+) -> tuple[Tensor, int]:
+    """Fill the MASK positions of symbols (B, L) in ``steps`` model passes (module docstring);
+    returns the bits (B, L) long, parity-repaired, and the number of frames repaired. Frames
+    must be either wholly given or wholly masked. ``deadline``: ``check_deadline`` before each
+    pass."""
+    x = symbols.long().clone()
+    free = x == MASK
+    masked = free.clone()
+    confidence = torch.full(x.shape, math.inf, device=x.device)
+    n_free = free.sum(1)
+    for k in range(steps, 0, -1):
+        check_deadline(deadline)
+        logits, _ = model(x, causal=False)
+        p_one = _bit_probability(logits, temperature)
+        if temperature == 0:
+            draws = p_one > 0.5
+        else:
+            draws = torch.rand(x.shape, generator=generator, device=x.device) < p_one
+        p_draw = torch.where(draws, p_one, 1 - p_one)
+        still_masked = (corruption_rate(schedule, (k - 1) / steps) * n_free).floor().long()
+        # lowest score = stays (or becomes) masked; given bits, and without remask filled
+        # ones, never compete
+        score = p_draw
+        if remask:
+            score = torch.where(masked, p_draw, torch.where(x == 1, p_one, 1 - p_one))
+        score = score.clamp_min(1e-12).log()
+        if choice_temperature > 0:
+            score = score + choice_temperature * k / steps * _gumbel(x.shape, generator, x.device)
+        if not remask:
+            score = score.masked_fill(~masked, math.inf)
+        score = score.masked_fill(~free, math.inf)
+        ranks = score.argsort(dim=1, stable=True).argsort(dim=1)
+        now_masked = free & (ranks < still_masked.to(x.device)[:, None])
+        revealed = masked & ~now_masked
+        x = torch.where(revealed, draws.long(), x).masked_fill(now_masked, MASK)
+        confidence = torch.where(revealed, p_draw, confidence)
+        masked = now_masked
+    return repair_parity(x, confidence)
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Standard Gumbel noise −log(−log U)."""
+    u = torch.rand(shape, generator=generator, device=device).clamp(1e-12, 1 - 1e-7)
+    return -(-u.log()).log()
+
+
+def _bit_probability(logits: Tensor, temperature: float) -> Tensor:
+    """P(bit = 1) (B, L) from logits (B, L, 2) at ``temperature`` (0 = the greedy limit)."""
+    logits = logits.float()
+    margin = logits[..., 1] - logits[..., 0]
+    return torch.sigmoid(margin / temperature) if temperature > 0 else torch.sigmoid(margin)
+
+
+@torch.no_grad()
+def diffusion_generate(
+    model: TransformerLM,
+    prompt: bytes,
+    max_new_bytes: int,
+    *,
+    suffix: bytes = b"",
+    steps: int = 16,
+    schedule: str | None = None,
+    temperature: float = 1.0,
+    remask: bool = False,
+    choice_temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    deadline: float | None = None,
+) -> Sample:
+    """Sample ``max_new_bytes`` bytes after ``prompt`` (and before ``suffix``: infilling) with a
+    diffusion model in ``steps`` denoising passes per window; ``schedule`` defaults to the one
+    the model was trained with. Deterministic for a given generator state. ``deadline``: raise
+    ``TimeLimitExceeded`` once ``time.monotonic()`` passes it (checked before every pass).
+
+    The prompt, the new bytes and the suffix share the model's window (``max_seq_len / 9``
+    bytes): the prompt keeps its last bytes that fit. Without a suffix, text longer than the
+    window is made window by window, each conditioned on up to half a window of what came before.
+    """
+    config = model.config
+    if config.mode != "diffusion":
+        raise BitLMError(
+            "diffusion sampling needs a model trained with model.mode=diffusion "
+            "(bitlm-train experiment=diffusion); this one is causal"
+        )
+    if steps < 1:
+        raise BitLMError(f"diffusion_steps must be a positive integer, got {steps}")
+    if not choice_temperature >= 0:
+        raise BitLMError(f"choice_temperature must be >= 0, got {choice_temperature}")
+    window = config.max_bytes
+    if suffix and max_new_bytes + len(suffix) > window:
+        raise BitLMError(
+            f"infilling writes the middle and the suffix in one window of {window} bytes: "
+            f"{max_new_bytes} new + {len(suffix)} suffix bytes do not fit; shorten them"
+        )
+    schedule = schedule or config.noise_schedule
+    device = model.head.weight.device
+    text, frames, repairs = bytes_to_bits(prompt).to(device), [], 0
+    tail = bytes_to_bits(suffix).to(device).long()
+    with evaluating(model):
+        remaining = max_new_bytes
+        while remaining > 0:
+            keep, block = _window_plan(len(text) // FRAME_BITS, remaining, len(suffix), window)
+            context = text[len(text) - keep * FRAME_BITS :].long()
+            gap = torch.full((block * FRAME_BITS,), MASK, device=device, dtype=torch.long)
+            symbols = torch.cat((context, gap, tail))[None]
+            filled, n = denoise(
+                model,
+                symbols,
+                steps,
+                schedule,
+                temperature,
+                remask,
+                choice_temperature,
+                generator,
+                deadline,
+            )
+            new = filled[0, len(context) : len(context) + len(gap)].to(torch.uint8)
+            frames.append(new)
+            text, repairs, remaining = torch.cat((text, new)), repairs + n, remaining - block
+    bits = torch.cat(frames).cpu() if frames else torch.zeros(0, dtype=torch.uint8)
+    return Sample(bits, repairs)
+
+
+def _window_plan(
+    text_bytes: int, remaining: int, suffix_bytes: int, window: int
+) -> tuple[int, int]:
+    """``(context bytes kept, bytes generated)`` for the next window: with a suffix all that
+    remains at once (it was checked to fit); otherwise as much as fits beside up to half a window
+    of the text so far."""
+    half_context = min(text_bytes, window // 2)
+    block = remaining if suffix_bytes else min(remaining, window - half_context)
+    return min(text_bytes, window - block - suffix_bytes), block

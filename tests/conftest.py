@@ -172,7 +172,7 @@ TINY_TRAIN = (
     "trainer.val_check_interval=20",
     "trainer.precision=32-true",
     "data.batch_size=8",
-    "module.warmup_steps=5",
+    "module.scheduler.warmup_steps=5",
 )
 
 

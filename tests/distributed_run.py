@@ -54,7 +54,7 @@ class Record(L.Callback):
 def main(strategy: str, devices: int, batch_size: int, trunk: str, out: Path, grow: bool) -> None:
     L.seed_everything(0)
     model = dict(d_model=64, n_heads=2, n_layers=2, max_seq_len=288, trunk=trunk, reversible=True)
-    module = BitLMModule(model, warmup_steps=2)
+    module = BitLMModule(model, scheduler={"warmup_steps": 2})
     data = BitDataModule(seq_len=288, batch_size=batch_size, num_workers=0)
     trainer = L.Trainer(
         accelerator="cpu",

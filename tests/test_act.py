@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from bitlm.core.errors import BitLMError
-from bitlm.generation.causal import generate
+from bitlm.generation import GenerationOptions, generate
 from bitlm.model import build_model
 from bitlm.model.act import HaltingUnits, run_layers
 from bitlm.model.config import ModelConfig
@@ -102,7 +102,7 @@ def test_kv_cached_generation_with_halting_matches_uncached(trunk):
         depth = telemetry["layers_run"].item()
         assert 1 < depth < 3 and depth != 2  # a mix: not every position halts at one layer
         expected = _greedy_uncached(model, b"Hi!", 20)
-    assert generate(model, b"Hi!", 20, temperature=0) == expected
+    assert generate(model, b"Hi!", 20, GenerationOptions(temperature=0)) == expected
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.5, "x"])

@@ -407,18 +407,18 @@ def test_large_roundtrip() -> None:
 
 
 def test_packed_codec_matches_table_across_blocks() -> None:
-    """The CPU codec works on packed groups of 8 frames in blocks of _BLOCK_FRAMES: its output
+    """The CPU codec works on packed groups of 8 frames in blocks of BLOCK_FRAMES: its output
     equals the table definition for lengths that end mid-group and mid-block, and every bad
     frame is found, including those on group and block edges."""
-    from bitlm.core.bits import _BLOCK_FRAMES
+    from bitlm.core.bitpack import BLOCK_FRAMES
 
     gen = np.random.default_rng(1)
-    for n in (1, 7, 8, 9, _BLOCK_FRAMES - 1, _BLOCK_FRAMES + 5):
+    for n in (1, 7, 8, 9, BLOCK_FRAMES - 1, BLOCK_FRAMES + 5):
         values = gen.integers(0, 256, size=n, dtype=np.uint8)
         bits = bytes_to_bits(values)
         assert torch.equal(bits, FRAME_TABLE[torch.from_numpy(values).long()].reshape(-1))
         bad = sorted(
-            {0, n // 2, max(0, n - 8), n - 1} | ({_BLOCK_FRAMES} if n > _BLOCK_FRAMES else set())
+            {0, n // 2, max(0, n - 8), n - 1} | ({BLOCK_FRAMES} if n > BLOCK_FRAMES else set())
         )
         corrupted = bits.clone()
         corrupted[torch.tensor(bad) * FRAME_BITS + torch.tensor(bad) % FRAME_BITS] ^= 1

@@ -30,7 +30,9 @@ class ScriptedTelemetry(BitLMModule):
     measuring them, so a test decides when the gate fires. Rank r uses ``c[r][step]``."""
 
     def __init__(self, c: list[list[float]], k: list[float] | None = None) -> None:
-        super().__init__(CONFIG, lr=1e-2, warmup_steps=1, telemetry=False)
+        super().__init__(
+            CONFIG, optimizer={"lr": 1e-2}, scheduler={"warmup_steps": 1}, telemetry=False
+        )
         self.c, self.k = c, k
 
     def training_step(self, bits, batch_idx):
@@ -212,7 +214,7 @@ def test_ranks_decide_together(tmp_path):
 def test_tensorboard_holds_images_histograms_telemetry_and_hparams(tmp_path):
     L.seed_everything(0)
     config = ModelConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=72, use_act=True)
-    module = BitLMModule(config, warmup_steps=1)
+    module = BitLMModule(config, scheduler={"warmup_steps": 1})
     datamodule = BitDataModule(seq_len=72, batch_size=4, cache_dir=str(tmp_path))
     logger = TensorBoardLogger(tmp_path, name="tb", version="", default_hp_metric=False)
     trainer = quiet_trainer(
@@ -251,7 +253,7 @@ def test_tensorboard_holds_images_histograms_telemetry_and_hparams(tmp_path):
     assert "sample/text_summary" in tags["tensors"]
     hparams = events.PluginTagToContent("hparams")
     assert b"val/bpb" in hparams["_hparams_/experiment"]
-    assert b"module.lr" in hparams["_hparams_/session_start_info"]
+    assert b"module.optimizer.lr" in hparams["_hparams_/session_start_info"]
     assert [e.step for e in events.Images("attention/layer_0")] == [2, 4]
 
 

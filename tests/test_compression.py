@@ -128,7 +128,7 @@ def test_ramp_values_at_known_steps_follow_the_cosine_ramp():
 
 def test_training_with_the_ramp_logs_raw_and_compressed_bpb_apart(tmp_path):
     L.seed_everything(0)
-    module = BitLMModule(ModelConfig(**TINY), warmup_steps=2)
+    module = BitLMModule(ModelConfig(**TINY), scheduler={"warmup_steps": 2})
     data = BitDataModule(seq_len=288, batch_size=4, cache_dir=str(tmp_path))
     seen: list[tuple[float, str]] = []
 
@@ -137,11 +137,11 @@ def test_training_with_the_ramp_logs_raw_and_compressed_bpb_apart(tmp_path):
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             counts = (
-                pl_module.train_bpb._update_count,
-                pl_module.train_compressed_bpb._update_count,
+                pl_module.metrics["train_bpb"]._update_count,
+                pl_module.metrics["train_bpb_compressed"]._update_count,
             )
             raw = counts[0] > self.counts[0]
-            seen.append((pl_module.compress_prob, "raw" if raw else "compressed"))
+            seen.append((pl_module.knobs.compress_prob, "raw" if raw else "compressed"))
             self.counts = counts
 
     ramp = CompressionRamp(start=0.0, end=1.0, shape="linear", steps=10)

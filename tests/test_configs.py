@@ -8,8 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from bitlm.app.hydra import config_dir
 from bitlm.cli.train import training_length
+from bitlm.core.runtime import config_dir
 from bitlm.model.config import ModelConfig
 from bitlm.training.strategies import FSDP2Strategy
 from tests.conftest import assert_user_error
@@ -123,7 +123,7 @@ def test_optuna_search_minimises_val_bpb_in_memory():
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
     assert (sweeper.direction, sweeper.storage) == ("minimize", None)
-    assert {"module.lr", "model.d_model", "model.n_layers"} <= set(sweeper.params)
+    assert {"module.optimizer.lr", "model.d_model", "model.n_layers"} <= set(sweeper.params)
     assert cfg.optimized_metric == "val_bpb"
 
 

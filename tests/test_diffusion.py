@@ -10,15 +10,15 @@ import torch
 
 from bitlm.core.bits import DATA_BITS, FRAME_BITS, bytes_to_bits, decode_bits
 from bitlm.core.errors import BitLMError
+from bitlm.generation import GenerationOptions, safe_sample_with_retry, sample
 from bitlm.generation.diffusion import denoise, diffusion_generate, repair_parity
-from bitlm.generation.safety import safe_sample_with_retry
-from bitlm.generation.sample import sample
 from bitlm.io import save_pretrained
 from bitlm.model import ModelConfig, build_model
 from bitlm.model.config import NOISE_SCHEDULES
 from bitlm.model.noise import SCHEDULES, corrupt, corruption_rate, mask_exactly
 from bitlm.model.transformer import MASK
-from bitlm.objectives.diffusion import elbo_bits
+from bitlm.objectives.denoising import elbo_bits
+from bitlm.objectives.losses import causal_loss
 from bitlm.training.callbacks.diffusion_curriculum import DiffusionCurriculum
 from bitlm.training.datamodule import BitDataModule
 from bitlm.training.module import BitLMModule
@@ -108,7 +108,7 @@ def test_models_run_only_in_the_mode_they_were_built_for(trunk):
 
 def test_a_diffusion_model_has_no_causal_score_and_the_byte_baseline_no_diffusion():
     with pytest.raises(BitLMError, match="elbo_bits bounds"):
-        diffusion_model("flat").score(torch.zeros(1, 18, dtype=torch.long))
+        causal_loss(diffusion_model("flat"), torch.zeros(1, 18, dtype=torch.long))
     with pytest.raises(BitLMError, match=r"model\.mode=diffusion is for bit models"):
         ModelConfig(unit="byte", mode="diffusion")
 
@@ -143,7 +143,8 @@ def test_infilling_keeps_prompt_and_suffix_and_always_decodes(trunk, remask):
     tail = bytes_to_bits(b" there was").long()
     gap = torch.full((9 * 6,), MASK)
     symbols = torch.cat((given, gap, tail))[None]
-    filled, repairs = denoise(model, symbols, 8, "cosine", remask=remask)
+    options = GenerationOptions(diffusion_steps=8, schedule="cosine", remask=remask)
+    filled, repairs = denoise(model, symbols, options)
     assert torch.equal(filled[0, : len(given)], given)
     assert torch.equal(filled[0, -len(tail) :], tail)
     data, errors = decode_bits(filled[0].to(torch.uint8), errors="replace")
@@ -155,9 +156,7 @@ def test_infilling_keeps_prompt_and_suffix_and_always_decodes(trunk, remask):
 def test_diffusion_generate_is_deterministic_for_a_seed_and_decodes(steps):
     model = diffusion_model()
     runs = [
-        diffusion_generate(
-            model, b"Hi", 20, steps=steps, generator=torch.Generator().manual_seed(seed)
-        )
+        diffusion_generate(model, b"Hi", 20, GenerationOptions(diffusion_steps=steps, seed=seed))
         for seed in (3, 3, 4)
     ]
     assert torch.equal(runs[0].bits, runs[1].bits)
@@ -172,16 +171,10 @@ def test_choice_temperature_randomises_the_order_bits_are_filled_in():
     model = diffusion_model()
 
     def greedy(choice_temperature, seed):
-        generator = torch.Generator().manual_seed(seed)
-        return diffusion_generate(
-            model,
-            b"",
-            24,
-            steps=8,
-            temperature=0,
-            choice_temperature=choice_temperature,
-            generator=generator,
-        ).bits
+        options = GenerationOptions(
+            diffusion_steps=8, temperature=0, choice_temperature=choice_temperature, seed=seed
+        )
+        return diffusion_generate(model, b"", 24, options).bits
 
     assert all(torch.equal(greedy(0.0, 0), greedy(0.0, seed)) for seed in (1, 2, 3))
     assert not all(torch.equal(greedy(100.0, 0), greedy(100.0, seed)) for seed in (1, 2, 3))
@@ -191,7 +184,7 @@ def test_choice_temperature_randomises_the_order_bits_are_filled_in():
 
 def test_generation_longer_than_the_window_continues_window_by_window():
     model = diffusion_model(max_seq_len=72)  # 8 bytes of context
-    out = diffusion_generate(model, b"abcdef", 30, steps=2, generator=torch.Generator())
+    out = diffusion_generate(model, b"abcdef", 30, GenerationOptions(diffusion_steps=2))
     assert len(out.bits) == 30 * FRAME_BITS
     assert decode_bits(out.bits, errors="replace")[1] == 0
 
@@ -200,32 +193,33 @@ def test_greedy_infilling_by_a_trained_denoiser_beats_chance_on_real_text(tmp_pa
     model = _fit_diffusion(tmp_path, steps=120).model
     text = ENGLISH.encode()[:32]
     truth = bytes_to_bits(text[12:20]).view(-1, FRAME_BITS)[:, :DATA_BITS]
-    out = diffusion_generate(model, text[:12], 8, suffix=text[20:], steps=8, temperature=0)
+    options = GenerationOptions(suffix=text[20:], diffusion_steps=8, temperature=0)
+    out = diffusion_generate(model, text[:12], 8, options)
     filled = out.bits.view(-1, FRAME_BITS)[:, :DATA_BITS]
     assert (filled == truth).float().mean() > 0.7
 
 
 def test_infilling_that_does_not_fit_the_window_is_refused():
     with pytest.raises(BitLMError, match="do not fit"):
-        diffusion_generate(diffusion_model(), b"", 30, suffix=b"0123456789")
+        diffusion_generate(diffusion_model(), b"", 30, GenerationOptions(suffix=b"0123456789"))
 
 
 def test_sampling_refuses_a_mode_the_model_was_not_trained_for():
     causal = build_model(ModelConfig(**TINY))
     with pytest.raises(BitLMError, match=r"trained with model\.mode=causal"):
-        sample(causal, b"", 4, mode="diffusion")
+        sample(causal, b"", 4, GenerationOptions(mode="diffusion"))
     with pytest.raises(BitLMError, match="infilling"):
-        sample(causal, b"", 4, suffix=b"x")
+        sample(causal, b"", 4, GenerationOptions(suffix=b"x"))
     with pytest.raises(BitLMError, match=r"needs a model trained with model\.mode=diffusion"):
         diffusion_generate(causal, b"", 4)
 
 
 def test_sampling_stops_a_diffusion_sample_at_the_stop_string():
     model = diffusion_model()
-    full = sample(model, b"", 20, generator=torch.Generator().manual_seed(0))
+    full = sample(model, b"", 20, GenerationOptions(seed=0))
     text = decode_bits(full.bits, errors="replace")[0]
     stop = text[5:7]
-    cut = sample(model, b"", 20, stop=stop, generator=torch.Generator().manual_seed(0))
+    cut = sample(model, b"", 20, GenerationOptions(stop=stop, seed=0))
     assert decode_bits(cut.bits, errors="replace")[0] == text[: text.find(stop)]
 
 
@@ -239,15 +233,16 @@ def test_safe_sampling_falls_back_to_the_diffusion_model(monkeypatch):
         return None, {"safe": next(verdicts)}
 
     monkeypatch.setattr("bitlm.generation.safety.hil_safe_inference", judge)
+    options = GenerationOptions(diffusion_steps=4, top_p=0.9)
     result = safe_sample_with_retry(
-        causal, b"ab", 6, fallback=fallback, diffusion_steps=4, top_p=0.9, sleep=lambda s: None
+        causal, b"ab", 6, options, fallback=fallback, sleep=lambda s: None
     )  # top_p is a causal option: the causal attempt takes it, the fallback does not
     assert result["attempts"] == 2 and result["mode"] == "diffusion"
     assert len(result["bits"]) == 6 * FRAME_BITS
     with pytest.raises(BitLMError, match=r"fallback model must be a model\.mode=diffusion"):
         safe_sample_with_retry(causal, b"", 4, fallback=causal)
     with pytest.raises(BitLMError, match="cannot sample in mode=diffusion"):
-        safe_sample_with_retry(causal, b"", 4, mode="diffusion")
+        safe_sample_with_retry(causal, b"", 4, GenerationOptions(mode="diffusion"))
 
 
 def test_diffusion_telemetry_reads_frame_predictions_and_kcs_losses_are_refused():
@@ -267,7 +262,11 @@ def test_diffusion_telemetry_reads_frame_predictions_and_kcs_losses_are_refused(
 
 def _fit_diffusion(tmp_path, steps: int) -> BitLMModule:
     L.seed_everything(0)
-    module = BitLMModule(ModelConfig(mode="diffusion", **TINY), lr=3e-3, warmup_steps=5)
+    module = BitLMModule(
+        ModelConfig(mode="diffusion", **TINY),
+        optimizer={"lr": 0.003},
+        scheduler={"warmup_steps": 5},
+    )
     datamodule = BitDataModule(seq_len=288, batch_size=8, cache_dir=str(tmp_path))
     quiet_trainer(max_steps=steps, limit_val_batches=0).fit(module, datamodule=datamodule)
     return module
@@ -277,7 +276,7 @@ def _fit_diffusion(tmp_path, steps: int) -> BitLMModule:
 def test_tiny_diffusion_training_lowers_the_denoising_loss_and_the_bound(tmp_path, trunk):
     L.seed_everything(0)
     config = ModelConfig(mode="diffusion", trunk=trunk, **TINY)
-    module = BitLMModule(config, lr=3e-3, warmup_steps=5)
+    module = BitLMModule(config, optimizer={"lr": 0.003}, scheduler={"warmup_steps": 5})
     datamodule = BitDataModule(seq_len=288, batch_size=8, cache_dir=str(tmp_path))
     trainer = quiet_trainer(max_steps=80, limit_val_batches=4)
     before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
@@ -336,7 +335,7 @@ class _RecordNoise(L.Callback):
 def test_curriculum_resumes_exactly_from_a_checkpoint(tmp_path):
     def run(record, ckpt_path=None, max_steps=12):
         L.seed_everything(0)
-        module = BitLMModule(ModelConfig(mode="diffusion", **TINY), warmup_steps=2)
+        module = BitLMModule(ModelConfig(mode="diffusion", **TINY), scheduler={"warmup_steps": 2})
         datamodule = BitDataModule(seq_len=288, batch_size=4, cache_dir=str(tmp_path))
         trainer = quiet_trainer(
             max_steps=max_steps,
@@ -454,7 +453,7 @@ def test_eval_refuses_bad_noise_levels(tmp_path, refused):
 
 
 def test_data_bits_only_count_in_denoising_accuracy():
-    from bitlm.objectives.diffusion import data_bit_mask
+    from bitlm.objectives.denoising import data_bit_mask
 
     masked = torch.ones(1, 18, dtype=torch.bool)
     data = data_bit_mask(masked)

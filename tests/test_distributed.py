@@ -80,8 +80,8 @@ FSDP_TRAIN = (
     "model=tiny",
     "trainer.val_check_interval=3",
     "trainer.precision=32-true",
-    "module.warmup_steps=2",
-    "module.min_lr_ratio=1.0",  # constant LR after warm-up: the schedule ignores max_steps
+    "module.scheduler.warmup_steps=2",
+    "module.scheduler.min_lr_ratio=1.0",  # constant LR after warm-up: the schedule ignores max_steps
     "logger=none",
 )
 

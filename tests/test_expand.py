@@ -161,7 +161,9 @@ def _expanding_fit(tmp_path, cache_dir, steps: int, ckpt_path=None, **expansion)
     """A tiny model trained ``steps`` steps under AdaptiveExpansion with every validation a
     plateau (min_delta 100), validating every 10 steps; a checkpoint every 25 steps."""
     L.seed_everything(0)
-    module = BitLMModule(BASE, lr=3e-3, warmup_steps=2, min_lr_ratio=1.0)
+    module = BitLMModule(
+        BASE, optimizer={"lr": 0.003}, scheduler={"warmup_steps": 2, "min_lr_ratio": 1.0}
+    )
     datamodule = BitDataModule(
         seq_len=expansion.get("max_seq_len") or 72, batch_size=4, cache_dir=str(cache_dir)
     )

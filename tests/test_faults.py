@@ -22,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from bitlm.app.hydra import check_overrides, config_dir
+from bitlm.app.overrides import check_overrides
 from bitlm.cli.generate import generate, prompt_bytes
 from bitlm.core.errors import BitLMError
 from bitlm.core.files import atomic_writer, remove_stale_temporaries
+from bitlm.core.runtime import config_dir
 from bitlm.io import load_model
 from bitlm.model.config import ModelConfig
 from bitlm.training.callbacks import BestCheckpoint, LastCheckpoint
@@ -60,9 +61,11 @@ def test_resume_takes_the_new_learning_rate_and_schedule_and_says_so(
     trained_run, run_cli, tmp_path
 ):
     run_dir = _resumable_copy(trained_run, tmp_path)
-    result = _train(run_cli, run_dir, "ckpt_path=last", "module.lr=1e-4", "trainer.max_steps=50")
+    result = _train(
+        run_cli, run_dir, "ckpt_path=last", "module.optimizer.lr=1e-4", "trainer.max_steps=50"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resume: module.lr=0.0001 (the checkpoint had 0.003)" in result.stderr
+    assert "resume: module.optimizer.lr=0.0001 (the checkpoint had 0.003)" in result.stderr
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 50
     group = saved["optimizer_states"][0]["param_groups"][0]
@@ -101,7 +104,9 @@ def test_the_recovery_recipe_of_a_diverged_run_works(trained_run, run_cli, tmp_p
     (resume with a sane lr) ends finite and within 5 % of a run that never diverged."""
     run_dir = _resumable_copy(trained_run, tmp_path)
     best_before = sorted((run_dir / "checkpoints").glob("best-*"))
-    diverged = _train(run_cli, run_dir, "ckpt_path=last", "module.lr=1e6", "trainer.max_steps=80")
+    diverged = _train(
+        run_cli, run_dir, "ckpt_path=last", "module.optimizer.lr=1e6", "trainer.max_steps=80"
+    )
     assert_user_error(diverged, "in a row", "resume with ckpt_path=last")
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 40  # nothing of the diverged stretch was kept
@@ -130,7 +135,7 @@ class _RuinAt(L.Callback):
 
 def test_a_save_at_the_step_that_ruined_the_weights_is_never_kept(tmp_path):
     L.seed_everything(0)
-    module = BitLMModule(ModelConfig(**TINY), warmup_steps=2, max_bad_steps=3)
+    module = BitLMModule(ModelConfig(**TINY), max_bad_steps=3, scheduler={"warmup_steps": 2})
     module.health.warmup_steps = 3
     data = BitDataModule(seq_len=144, batch_size=4, cache_dir=str(tmp_path))
     ckpt = tmp_path / "ck"
@@ -231,8 +236,8 @@ def _refused(config: str, *overrides: str, capsys) -> str:
 @pytest.mark.parametrize(
     ("config", "override", "named"),
     [
-        ("train", "module.lr=abc", "module.lr='abc' is not a number"),
-        ("train", "module.lr=nan", "module.lr=nan is not a finite number"),
+        ("train", "module.optimizer.lr=abc", "module.optimizer.lr='abc' is not a number"),
+        ("train", "module.optimizer.lr=nan", "module.optimizer.lr=nan is not a finite number"),
         ("train", "trainer.max_steps=abc", "trainer.max_steps='abc' is not an integer"),
         ("train", "module.telemetry=maybe", "is not true or false"),
         ("eval", "batch_size=abc", "batch_size='abc' is not an integer"),
@@ -255,7 +260,12 @@ def test_wrong_typed_and_unquoted_overrides_are_one_line(config, override, named
 
 @pytest.mark.parametrize(
     "override",
-    ["trainer.devices=auto", "trainer.gradient_clip_val=null", "module.lr=1", "seed=null"],
+    [
+        "trainer.devices=auto",
+        "trainer.gradient_clip_val=null",
+        "module.optimizer.lr=1",
+        "seed=null",
+    ],
 )
 def test_overrides_of_an_admitted_kind_pass(override):
     check_overrides("train", [override])  # no exit

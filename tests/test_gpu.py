@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from bitlm.generation.causal import generate
+from bitlm.generation import GenerationOptions, generate
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 
@@ -70,9 +70,10 @@ def test_kv_cached_generation_on_the_gpu_matches_uncached(trunk):
         d_model=64, n_heads=2, n_layers=2, max_seq_len=144, trunk=trunk, reversible=True
     )
     model = build_model(config).cuda().eval()
-    cached = generate(model, b"Hi!", 40, temperature=0)
+    cached = generate(model, b"Hi!", 40, GenerationOptions(temperature=0))
     assert len(cached) == 40
-    assert generate(model, b"Hi!", 40, temperature=0, kv_cache=False) == cached
+    uncached = GenerationOptions(temperature=0, kv_cache=False)
+    assert generate(model, b"Hi!", 40, uncached) == cached
 
 
 def test_memory_benchmark_on_the_gpu_reversible_peak_flat_in_depth(run_cli, tmp_path):

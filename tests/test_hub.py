@@ -1,5 +1,6 @@
-"""Hugging Face Hub integration: the mixin round trip, strict loading, the model card, Hub
-errors without a network, and the upload callback (against a local stand-in for the Hub)."""
+"""The exported folder and the Hugging Face Hub (``bitlm.io``): the save/load round trip,
+strict loading, config.json and the model card, Hub errors without a network, and the upload
+(``push_to_hub`` and the callback, against a local stand-in for the Hub)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bitlm import io as hub
@@ -40,21 +42,23 @@ def _inputs(config: ModelConfig) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", CONFIGS)
-def test_mixin_round_trip_gives_identical_logits(tmp_path, kind):
+def test_round_trip_gives_the_same_class_and_identical_logits(tmp_path, kind):
     torch.manual_seed(0)
     model = build_model(CONFIGS[kind]).eval()
-    model.save_pretrained(tmp_path / "m")  # the mixin's own method
+    hub.save_pretrained(model, tmp_path / "m")
     assert {p.name for p in (tmp_path / "m").iterdir()} == {
         "config.json",
         "model.safetensors",
         "README.md",
     }
-    loaded = CLASSES[kind].from_pretrained(tmp_path / "m")
-    assert type(loaded) is type(model) and not loaded.training
+    loaded = hub.load_model(tmp_path / "m")  # what every CLI uses
+    assert type(loaded) is CLASSES[kind] and not loaded.training
     x = _inputs(model.config)
     assert torch.equal(model(x)[0], loaded(x)[0])
-    # and the same folder through bitlm's loader, which every CLI uses
-    assert torch.equal(model(x)[0], hub.load_model(tmp_path / "m")(x)[0])
+    # the folder reader builds the class its config names, too
+    read = hub.read_folder(tmp_path / "m")
+    assert type(read) is CLASSES[kind]
+    assert torch.equal(model(x)[0], read.eval()(x)[0])
 
 
 def test_export_records_metrics_in_config_and_model_card(tmp_path):
@@ -67,9 +71,40 @@ def test_export_records_metrics_in_config_and_model_card(tmp_path):
     card = huggingface_hub.ModelCard.load(tmp_path / "m" / "README.md")
     assert card.data.library_name == "bitlm"
     assert card.data.license == "agpl-3.0"
+    assert card.data.pipeline_tag == "text-generation"
+    assert card.data.tags == ["bit-level", "bitlm", "parity"]
+    assert card.text.lstrip().startswith("# BitTransformerLM")
     assert "| `val/bpb` | 2.346 |" in card.text
+    assert "| `val/S` |" not in card.text  # what config.json dropped, the card does not show
     assert "| parameters | 25,184 |" in card.text
     assert "2 layers × d_model 32" in card.text
+    assert "| context | 72 bits (8 bytes) |" in card.text
+    assert "from bitlm.io import load_model" in card.text
+    assert 'load_model("hf://OWNER/NAME")' in card.text  # no repository yet
+
+
+def test_a_model_card_without_metrics_says_so(tmp_path):
+    hub.save_pretrained(build_model(CONFIGS["byte"]), tmp_path / "m")
+    assert "metrics" not in json.loads((tmp_path / "m" / "config.json").read_text())
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "Nothing was measured for this export." in card
+    assert "# ByteTransformerLM" in card
+
+
+def test_the_folder_format_is_bitlm_v1(tmp_path):
+    """What folders exported before now hold, so that they load unchanged: config.json is the
+    sorted, 2-space-indented ``config_json`` and the weights carry the format tag."""
+    model = build_model(CONFIGS["hierarchical"])
+    hub.save_pretrained(model, tmp_path / "m", metrics={"val/bpb": 3.0})
+    text = (tmp_path / "m" / "config.json").read_text()
+    expected = hub.config_json(model, {"val/bpb": 3.0})
+    assert text == json.dumps(expected, sort_keys=True, indent=2)
+    assert expected["format"] == "bitlm/v1" == hub.FORMAT
+    assert expected["model"] == CONFIGS["hierarchical"].to_dict()
+    assert hub.read_config(tmp_path / "m") == expected
+    with safe_open(tmp_path / "m" / "model.safetensors", "pt") as weights:
+        assert weights.metadata() == {"format": "bitlm/v1"}
+    assert hub.quantization_of(tmp_path / "m") is None
 
 
 def test_training_export_card_reports_the_runs_bpb_and_telemetry(trained_run):
@@ -101,17 +136,17 @@ def _tamper(folder: Path, add: str | None = None, drop: str | None = None) -> No
     ],
 )
 def test_loading_is_strict(tmp_path, add, drop, message):
-    build_model(CONFIGS["flat"]).save_pretrained(tmp_path / "m")
+    hub.save_pretrained(build_model(CONFIGS["flat"]), tmp_path / "m")
     _tamper(tmp_path / "m", add, drop)
-    for load in (hub.load_model, BitTransformerLM.from_pretrained):
+    for load in (hub.load_model, hub.read_folder):
         with pytest.raises(BitLMError, match=message):
             load(tmp_path / "m")
-    # the mixin's opt-out still works for someone who asks for it
-    BitTransformerLM.from_pretrained(tmp_path / "m", strict=False)
+    # the opt-out still works for someone who asks for it
+    assert type(hub.read_folder(tmp_path / "m", strict=False)) is BitTransformerLM
 
 
 def test_a_weight_of_the_wrong_shape_is_named(tmp_path):
-    build_model(CONFIGS["flat"]).save_pretrained(tmp_path / "m")
+    hub.save_pretrained(build_model(CONFIGS["flat"]), tmp_path / "m")
     weights = load_file(tmp_path / "m" / "model.safetensors")
     weights["head.weight"] = torch.zeros(2, 16)
     save_file(weights, tmp_path / "m" / "model.safetensors")
@@ -119,17 +154,12 @@ def test_a_weight_of_the_wrong_shape_is_named(tmp_path):
         hub.load_model(tmp_path / "m")
 
 
-def test_from_pretrained_refuses_a_model_of_another_class(tmp_path):
-    build_model(CONFIGS["hierarchical"]).save_pretrained(tmp_path / "m")
-    with pytest.raises(BitLMError, match="holds a HierarchicalBitLM, not a BitTransformerLM"):
-        BitTransformerLM.from_pretrained(tmp_path / "m")
-
-
 def test_a_folder_that_is_not_a_bitlm_export_is_refused(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text('{"hidden_size": 3}')
-    with pytest.raises(BitLMError, match="is not a bitlm config"):
-        BitTransformerLM.from_pretrained(tmp_path / "m")
+    for load in (hub.load_model, hub.read_folder):
+        with pytest.raises(BitLMError, match="is not a bitlm config"):
+            load(tmp_path / "m")
 
 
 @pytest.mark.parametrize(
@@ -196,11 +226,33 @@ class LocalHub:
         monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
 
 
+def test_push_to_hub_uploads_the_folder_with_a_card_naming_the_repository(tmp_path, monkeypatch):
+    local = LocalHub(tmp_path / "hub", delay=0)
+    local.install(monkeypatch)
+    folder = hub.save_pretrained(build_model(CONFIGS["flat"]), tmp_path / "m", metrics={"x": 2.5})
+    url = hub.push_to_hub(folder, "me/model", token="hf_x", commit_message="first")
+    assert url == "https://huggingface.co/me/model/commit/1"
+    [upload] = local.uploads
+    assert upload["message"] == "first"
+    card = (upload["folder"] / "README.md").read_text()
+    assert 'load_model("hf://me/model")' in card and "ckpt_path=hf://me/model" in card
+    assert "| `x` | 2.5 |" in card
+    assert "hf://OWNER/NAME" in (folder / "README.md").read_text()  # the local card is untouched
+    for name in ("config.json", "model.safetensors"):
+        assert (upload["folder"] / name).read_bytes() == (folder / name).read_bytes()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BitLMError, match="is not an exported bitlm model"):
+        hub.push_to_hub(tmp_path / "empty", "me/model", token="hf_x")
+    assert len(local.uploads) == 1
+
+
 def _fit_with_upload(tmp_path, callback, steps: int):
     from bitlm.training.datamodule import BitDataModule
     from bitlm.training.module import BitLMModule
 
-    module = BitLMModule(CONFIGS["flat"].to_dict(), lr=1e-3, warmup_steps=1)
+    module = BitLMModule(
+        CONFIGS["flat"].to_dict(), optimizer={"lr": 0.001}, scheduler={"warmup_steps": 1}
+    )
     datamodule = BitDataModule(seq_len=72, batch_size=4, cache_dir=str(tmp_path))
     trainer = quiet_trainer(max_steps=steps, callbacks=[callback], limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)

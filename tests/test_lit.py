@@ -27,7 +27,7 @@ from tests.conftest import quiet_trainer
 def test_tiny_fit_lowers_validation_bpb(tmp_path, model):
     L.seed_everything(0)
     config = ModelConfig(d_model=64, n_heads=2, n_layers=2, max_seq_len=288, **model)
-    module = BitLMModule(config, lr=3e-3, warmup_steps=5)
+    module = BitLMModule(config, optimizer={"lr": 0.003}, scheduler={"warmup_steps": 5})
     datamodule = BitDataModule(seq_len=288, batch_size=8, cache_dir=str(tmp_path))
     trainer = quiet_trainer(max_steps=60, limit_val_batches=8)
     before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/bpb"]
@@ -38,9 +38,11 @@ def test_tiny_fit_lowers_validation_bpb(tmp_path, model):
 
 
 def test_hyperparameters_round_trip_through_a_checkpoint(tmp_path):
-    module = BitLMModule({"d_model": 32, "n_heads": 2, "n_layers": 1, "max_seq_len": 36}, lr=5e-4)
+    module = BitLMModule(
+        {"d_model": 32, "n_heads": 2, "n_layers": 1, "max_seq_len": 36}, optimizer={"lr": 0.0005}
+    )
     assert module.hparams["model"]["d_model"] == 32
-    assert module.hparams["lr"] == 5e-4
+    assert module.hparams["optimizer"]["lr"] == 5e-4
     restored = BitLMModule(**module.hparams)
     assert restored.model.config == module.model.config
 
@@ -111,7 +113,7 @@ def test_bad_telemetry_options_are_refused(kwargs, message):
 def _fit_steps(tmp_path, steps: int, precision: str = "32-true", **model) -> BitLMModule:
     L.seed_everything(0)
     config = ModelConfig(d_model=64, n_heads=2, n_layers=2, max_seq_len=288, **model)
-    module = BitLMModule(config, warmup_steps=2)
+    module = BitLMModule(config, scheduler={"warmup_steps": 2})
     datamodule = BitDataModule(seq_len=288, batch_size=4, cache_dir=str(tmp_path))
     trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, precision=precision)
     trainer.fit(module, datamodule=datamodule)

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Timer
 
-from bitlm.app.hydra import config_dir
+from bitlm.core.runtime import config_dir
 from bitlm.model.config import ModelConfig
 from bitlm.training.callbacks import progress as progress_module
 from bitlm.training.callbacks.progress import Progress, bytes_per_step
@@ -103,7 +103,10 @@ def test_a_line_per_optimizer_step_and_beside_a_bar_only_in_the_log_files(
     )
     datamodule = BitDataModule(seq_len=72, batch_size=2, cache_dir=str(tmp_path))
     with caplog.at_level(logging.INFO):
-        trainer.fit(BitLMModule(CONFIG, warmup_steps=1, telemetry=False), datamodule=datamodule)
+        trainer.fit(
+            BitLMModule(CONFIG, telemetry=False, scheduler={"warmup_steps": 1}),
+            datamodule=datamodule,
+        )
     log_file.close()
     lines = (tmp_path / "train.log").read_text().splitlines()
     written = [line for line in lines if line.startswith("step ")]

@@ -13,11 +13,12 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.server.mcpserver.exceptions import ToolError
 
 from bitlm.cli.mcp_server import build_server
-from bitlm.generation.text import text_bpb, text_telemetry
+from bitlm.evaluation.bpb import text_bpb
+from bitlm.generation import text_telemetry
 from bitlm.io import load_model
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
-from bitlm.serve.state import Settings
+from bitlm.serve.settings import Settings
 
 from .conftest import ENGLISH, assert_user_error
 

@@ -9,12 +9,13 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from bitlm.core.bits import bits_to_bytes, bytes_to_bits
 from bitlm.core.errors import BitLMError
-from bitlm.generation.causal import generate
+from bitlm.generation import GenerationOptions, generate
 from bitlm.model import HierarchicalBitLM, build_model
 from bitlm.model.attention import SelfAttention
 from bitlm.model.config import ModelConfig
 from bitlm.model.flops import batch_flops
 from bitlm.model.transformer import BitTransformerLM, capture_internals
+from bitlm.objectives.losses import causal_loss
 
 TRUNKS = ["flat", "hierarchical"]
 
@@ -71,7 +72,7 @@ def _loss_and_grads(model, bits, memory_efficient):
     model.zero_grad()
     model.trunk.memory_efficient = memory_efficient
     torch.manual_seed(123)  # same dropout masks for both runs
-    loss, _ = model.score(bits)
+    loss, _ = causal_loss(model, bits)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -167,8 +168,8 @@ def test_hierarchical_trunk_runs_once_per_byte_and_computes_parity():
     frames = bits.view(8, 9)
     parity_logits = logits.view(8, 9, 2)[:, 8]
     torch.testing.assert_close(parity_logits.argmax(-1), frames[:, :8].sum(-1) % 2)
-    loss_data, byte_bits = model.score(bits)
-    loss_all, byte_bits_all = model.score(bits, include_parity=True)
+    loss_data, byte_bits = causal_loss(model, bits)
+    loss_all, byte_bits_all = causal_loss(model, bits, include_parity=True)
     # parity CE is 0: over 9 positions the mean is 8/9 of the data-bit mean; bpb is unchanged
     assert loss_all.item() == pytest.approx(loss_data.item() * 8 / 9, rel=1e-6)
     torch.testing.assert_close(byte_bits, byte_bits_all)
@@ -237,8 +238,9 @@ def test_kv_cache_greedy_generation_matches_uncached(trunk, reversible, n_bytes)
     model = build_model(config).eval()
     with torch.no_grad():
         expected = _greedy_uncached(model, b"Hi!", n_bytes)
-    assert generate(model, b"Hi!", n_bytes, temperature=0) == expected
-    assert generate(model, b"Hi!", n_bytes, temperature=0, kv_cache=False) == expected
+    assert generate(model, b"Hi!", n_bytes, GenerationOptions(temperature=0)) == expected
+    uncached = GenerationOptions(temperature=0, kv_cache=False)
+    assert generate(model, b"Hi!", n_bytes, uncached) == expected
 
 
 @pytest.mark.parametrize("trunk", TRUNKS)
@@ -248,8 +250,7 @@ def test_generated_bits_always_decode_even_past_the_context(trunk, seed):
     after the context window (8 bytes here) has been cut back several times."""
     torch.manual_seed(seed)
     model = build_model(tiny(trunk=trunk))
-    generator = torch.Generator().manual_seed(seed)
-    out = generate(model, b"abc", 40, temperature=1.5, generator=generator)
+    out = generate(model, b"abc", 40, GenerationOptions(temperature=1.5, seed=seed))
     assert len(out) == 40
     assert bits_to_bytes(bytes_to_bits(out)) == out
 
@@ -258,10 +259,10 @@ def test_generated_bits_always_decode_even_past_the_context(trunk, seed):
 def test_generate_stops_at_stop_string_and_handles_empty_prompt(trunk):
     torch.manual_seed(0)
     model = build_model(tiny(trunk=trunk))
-    full = generate(model, b"", 30, temperature=0)
+    full = generate(model, b"", 30, GenerationOptions(temperature=0))
     assert len(full) == 30
     stop = full[5:7]
-    cut = generate(model, b"", 30, temperature=0, stop=stop)
+    cut = generate(model, b"", 30, GenerationOptions(temperature=0, stop=stop))
     assert cut == full[: full.index(stop)]
 
 
@@ -278,7 +279,7 @@ def test_byte_baseline_is_causal_over_bytes_and_scores_every_byte():
     logits_changed, _ = model(changed)
     torch.testing.assert_close(logits[:, :5], logits_changed[:, :5])  # byte 4 is seen from 5 on
     assert not torch.allclose(logits[:, 5:], logits_changed[:, 5:])
-    _, byte_bits = model.score(bits)
+    _, byte_bits = causal_loss(model, bits)
     assert byte_bits.shape == (1, 8)
     assert byte_bits.mean().item() == pytest.approx(8.0, abs=0.3)  # untrained: ≈ uniform
 

@@ -44,7 +44,7 @@ def test_bits_per_byte_metric_weights_batches_by_bytes():
 
 
 def test_warmup_then_cosine_to_floor():
-    f = lambda s: warmup_cosine(s, warmup_steps=10, total_steps=110, min_ratio=0.1)  # noqa: E731
+    f = lambda s: warmup_cosine(s, total_steps=110, warmup_steps=10, min_lr_ratio=0.1)  # noqa: E731
     assert f(0) == pytest.approx(0.1)
     assert f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0)

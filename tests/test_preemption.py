@@ -18,9 +18,9 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.multiprocessing import ProcessExitedException
 
-from bitlm.app.hydra import config_dir
 from bitlm.cli.train import requeue_default, resume_path
 from bitlm.core.errors import BitLMError
+from bitlm.core.runtime import config_dir
 from bitlm.training.callbacks import LastCheckpoint, Preemption
 from bitlm.training.checkpoint_io import AtomicCheckpointIO
 from bitlm.training.datamodule import BitDataModule
@@ -57,7 +57,7 @@ def _fit(tmp_path, *callbacks: L.Callback, **trainer_options) -> None:
         **trainer_options,
     )
     data = BitDataModule(seq_len=144, batch_size=4, cache_dir=str(tmp_path))
-    trainer.fit(BitLMModule(TINY, warmup_steps=2), data)
+    trainer.fit(BitLMModule(TINY, scheduler={"warmup_steps": 2}), data)
 
 
 def _step(tmp_path) -> int:

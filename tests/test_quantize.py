@@ -26,7 +26,7 @@ def _fake_quantized(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize("trunk", ["flat", "hierarchical"])
 def test_qat_prepares_trains_and_converts_to_the_model_it_simulated(tmp_path, trunk):
     L.seed_everything(0)
-    module = BitLMModule({**TINY, "trunk": trunk}, qat=True, warmup_steps=2)
+    module = BitLMModule({**TINY, "trunk": trunk}, qat=True, scheduler={"warmup_steps": 2})
     trainer = quiet_trainer(max_steps=8, limit_val_batches=0)
     trainer.fit(module, datamodule=BitDataModule(seq_len=288, batch_size=4))
     assert _fake_quantized(module.model) >= 4 * 2  # the blocks' projections at least

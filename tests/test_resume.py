@@ -236,7 +236,7 @@ class _NaNLoss(BitLMModule):
     """A module whose loss is NaN at the optimiser steps in ``bad_steps``."""
 
     def __init__(self, bad_steps: set[int], **kwargs) -> None:
-        super().__init__(ModelConfig(**TINY), warmup_steps=2, **kwargs)
+        super().__init__(ModelConfig(**TINY), scheduler={"warmup_steps": 2}, **kwargs)
         self.bad_steps = bad_steps
 
     def training_step(self, bits, batch_idx):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bitlm.core.bits import bytes_to_bits
+from bitlm.generation import GenerationOptions
 from bitlm.generation.safety import (
     SafetyError,
     SafetyGate,
@@ -86,5 +87,6 @@ def test_retry_returns_the_first_safe_sample(model):
 def test_an_empty_sample_is_accepted_without_judging(model):
     first = safe_sample_with_retry(model, b"Hi", 1, s_floor=0, c_floor=0, sleep=None)["bits"]
     stop = bytes([int("".join(map(str, first[:8].tolist())), 2)])  # the first byte it samples
-    result = safe_sample_with_retry(model, b"Hi", 8, stop=stop, s_floor=1.0, sleep=None)
+    options = GenerationOptions(stop=stop)
+    result = safe_sample_with_retry(model, b"Hi", 8, options, s_floor=1.0, sleep=None)
     assert result["bits"].numel() == 0 and result["attempts"] == 1

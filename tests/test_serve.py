@@ -24,12 +24,11 @@ from fastapi.testclient import TestClient
 from omegaconf import OmegaConf
 
 from bitlm import io as hub
-from bitlm.cli.serve import allowed_hosts
 from bitlm.core.errors import BitLMError
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.serve.app import create_app
-from bitlm.serve.state import LOOPBACK_HOSTS, Limits, Settings
+from bitlm.serve.settings import LOOPBACK_HOSTS, Limits, Settings, allowed_hosts
 
 from .conftest import assert_user_error, quiet_trainer
 
@@ -488,7 +487,9 @@ def test_a_training_run_publishes_live_telemetry(tmp_path, monkeypatch):
     app = create_app(None, Settings(token=TOKEN))
     with live_server(app) as url:
         publisher = TelemetryPublisher(url, every_n_steps=2)
-        module = BitLMModule(CAUSAL.to_dict(), lr=1e-3, warmup_steps=1)
+        module = BitLMModule(
+            CAUSAL.to_dict(), optimizer={"lr": 0.001}, scheduler={"warmup_steps": 1}
+        )
         datamodule = BitDataModule(seq_len=144, batch_size=4, cache_dir=str(tmp_path))
         trainer = quiet_trainer(max_steps=8, callbacks=[publisher], val_check_interval=4)
         trainer.fit(module, datamodule=datamodule)
@@ -512,7 +513,9 @@ def test_publishing_with_a_wrong_token_warns_once_and_training_goes_on(tmp_path,
     monkeypatch.setenv("BITLM_TOKEN", "not-the-token")
     with live_server(create_app(None, Settings(token=TOKEN))) as url:
         publisher = TelemetryPublisher(url, every_n_steps=1)
-        module = BitLMModule(CAUSAL.to_dict(), lr=1e-3, warmup_steps=1)
+        module = BitLMModule(
+            CAUSAL.to_dict(), optimizer={"lr": 0.001}, scheduler={"warmup_steps": 1}
+        )
         datamodule = BitDataModule(seq_len=144, batch_size=4, cache_dir=str(tmp_path))
         trainer = quiet_trainer(max_steps=6, callbacks=[publisher], limit_val_batches=0)
         with pytest.warns(UserWarning, match="HTTP 401") as warned:

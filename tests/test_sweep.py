@@ -12,7 +12,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from bitlm.app.hydra import check_overrides, objective
+from bitlm.app.hydra import objective
+from bitlm.app.overrides import check_overrides
 from bitlm.core.errors import BitLMError
 from tests.conftest import ENGLISH, assert_user_error
 
@@ -28,7 +29,7 @@ hydra:
       model.d_model: choice(32, 64)
       model.n_layers: choice(1, 2)
       model.n_heads: choice(2, 3)
-      module.warmup_steps: choice(2, 5)
+      module.scheduler.warmup_steps: choice(2, 5)
 """
 QUICK = (
     "model=tiny",
@@ -94,7 +95,7 @@ def test_a_sweep_whose_every_job_failed_exits_1(refused, tmp_path):
     ("override", "named"),
     [
         ("model=tiny,nope", "Could not find 'model/nope'"),
-        ("module.lr=1e-3,abc", "module.lr='abc' is not a number"),
+        ("module.optimizer.lr=1e-3,abc", "module.optimizer.lr='abc' is not a number"),
         ("data=corpus,text", "missing required option(s) data.paths"),
         ("hydra.run.dir=a,b", "Sweeping over Hydra's configuration is not supported"),
     ],
@@ -109,9 +110,15 @@ def test_a_sweep_value_that_would_fail_its_jobs_is_refused_before_any_runs(
 def test_sweeps_the_command_line_would_run_pass_the_check():
     """Each value of a choice or range is checked, an interval (Optuna draws its values) not;
     a comma is no mistake in a multirun."""
-    check_overrides("train", ["-m", "model=tiny,small", "seed=range(1,4)", "module.lr=1e-3,2e-3"])
+    check_overrides(
+        "train", ["-m", "model=tiny,small", "seed=range(1,4)", "module.optimizer.lr=1e-3,2e-3"]
+    )
     check_overrides("generate", ["-m", "ckpt_path=x", "prompt=To be, or not"])
-    optuna = ["hparams_search=optuna", "model.n_layers=1,2", "module.lr=interval(1e-4,1e-2)"]
+    optuna = [
+        "hparams_search=optuna",
+        "model.n_layers=1,2",
+        "module.optimizer.lr=interval(1e-4,1e-2)",
+    ]
     check_overrides("train", optuna)  # hydra.mode: MULTIRUN without -m; no exit
 
 
@@ -148,5 +155,5 @@ def test_three_trial_sweep_of_ddp_spawn_runs_goes_on_past_a_failed_trial(run_cli
     assert "sweep: 3 jobs ran, 1 failed" in result.stderr
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(t["val_bpb"] for t in trials))
-    assert {"module.lr", "model.d_model", "model.n_layers"} <= set(best["best_params"])
+    assert {"module.optimizer.lr", "model.d_model", "model.n_layers"} <= set(best["best_params"])
     assert best["best_params"]["model.n_heads"] == 2

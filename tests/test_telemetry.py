@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from bitlm.core.bits import bytes_to_bits
 from bitlm.core.errors import BitLMError
-from bitlm.objectives.kcs import KCSLoss
+from bitlm.objectives.regularisers import KCSLoss
 from bitlm.telemetry.lz76 import lz76_phrase_counts
 from bitlm.telemetry.metrics import (
     LZComplexity,

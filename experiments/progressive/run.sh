@@ -25,8 +25,8 @@ train() {  # NAME OVERRIDES…: one run, its JSON summary kept
     seed=1 hydra.run.dir="$RUNS/$name" | tail -n 1 > "$OUT/$name.json"
 }
 train scratch_cosine experiment=quickstart trainer.max_steps=2300
-train scratch_constant experiment=quickstart module.min_lr_ratio=1.0 trainer.max_steps=100000
-train progressive experiment=progressive module.min_lr_ratio=1.0 trainer.max_steps=100000
+train scratch_constant experiment=quickstart module.scheduler.min_lr_ratio=1.0 trainer.max_steps=100000
+train progressive experiment=progressive module.scheduler.min_lr_ratio=1.0 trainer.max_steps=100000
 for scale in 1 2; do
   "$BIN/bitlm-train" experiment=extend_context ckpt_path="$RUNS/scratch_cosine/model" \
     model.max_seq_len=576 model.rope_scale=$scale seed=1 \

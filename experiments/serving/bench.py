@@ -3,8 +3,8 @@
 Starts ``bitlm-serve`` (a subprocess, as deployed) on an exported ``model=small`` network, sends
 REQUESTS /generate requests from CLIENTS threads (each waits for its answer before sending the
 next), and reports requests/s and p50/p99 latency. Reference measured in the same run: the same
-generations called in-process one after another (``bitlm.generation.text.generate_text``, no HTTP),
-so ``speedup_vs_sequential`` = server requests/s ÷ in-process generations/s and the HTTP and
+generations called in-process one after another (``bitlm.generation.generate_text``, no HTTP), so
+``speedup_vs_sequential`` = server requests/s ÷ in-process generations/s and the HTTP and
 queueing overhead show up as ``p50_ratio`` (server p50 ÷ in-process p50).
 
     python experiments/serving/bench.py [--requests 64] [--clients 8] [--bytes 32]
@@ -32,8 +32,8 @@ import httpx
 import torch
 from hydra import compose, initialize_config_dir
 
-from bitlm.app.hydra import config_dir
-from bitlm.generation.text import generate_text
+from bitlm.core.runtime import config_dir
+from bitlm.generation import GenerationOptions, generate_text
 from bitlm.io import save_pretrained
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
@@ -89,7 +89,8 @@ def main() -> None:
     reference = []
     for seed in range(min(args.requests, 16)):
         started = time.perf_counter()
-        generate_text(model, body["prompt"].encode(), args.bytes, seed=seed)
+        options = GenerationOptions(seed=seed, temperature=0.8)  # the server's default
+        generate_text(model, body["prompt"].encode(), args.bytes, options)
         reference.append(time.perf_counter() - started)
 
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:

@@ -26,8 +26,8 @@ import torch
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from bitlm.bench.loops import plain_step
 from bitlm.bench.measure import corpus_batches
-from bitlm.bench.throughput import plain_step
 from bitlm.model import blocks
 from bitlm.model.config import ModelConfig
 

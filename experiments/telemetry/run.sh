@@ -15,7 +15,7 @@ mkdir -p "$OUT"
   > /dev/null
 "$BIN/bitlm-bench" telemetry output="$OUT/bench_telemetry.json" > /dev/null
 # the safety gate on a run driven off course by a learning rate 100x the quickstart's
-"$BIN/bitlm-train" experiment=quickstart module.lr=0.3 module.warmup_steps=1 trainer.max_steps=400 \
+"$BIN/bitlm-train" experiment=quickstart module.optimizer.lr=0.3 module.scheduler.warmup_steps=1 trainer.max_steps=400 \
   trainer.val_check_interval=100 trainer.log_every_n_steps=10 callbacks=safety \
   callbacks.safety_gate.burn_in=50 callbacks.safety_gate.action=warn hydra.run.dir="$OUT/collapse_warn" \
   > "$OUT/collapse_warn.json"

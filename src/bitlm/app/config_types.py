@@ -1,5 +1,5 @@
-"""Typed checks of command-line overrides: ``module.lr=abc`` or ``kv_cache=maybe`` is one line
-naming the key, before anything runs, instead of a traceback from wherever the value lands.
+"""Typed checks of command-line overrides: ``module.optimizer.lr=abc`` or ``kv_cache=maybe`` is
+one line naming the key, before anything runs, instead of a traceback from wherever the value lands.
 
 The type a key must keep comes from the code the value goes to: for a key of a node built
 with ``_target_`` (the module, data, trainer, callbacks, loggers), the annotation of that

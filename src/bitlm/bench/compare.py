@@ -28,13 +28,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bitlm.app.hydra import config_dir, pick_device
+from bitlm.bench.loops import lightning_seconds
 from bitlm.bench.measure import corpus_batches
 from bitlm.bench.plots import save, subplots
-from bitlm.bench.throughput import lightning_seconds
-from bitlm.cli.train import resolve_precision
 from bitlm.core.errors import BitLMError
 from bitlm.core.files import write_atomic
+from bitlm.core.runtime import config_dir, pick_device
+from bitlm.training.precision import resolve_precision
 
 METRICS = ("eval_bpb", "val_bpb")
 """Per run: bpb on ``eval_files`` (via bitlm-eval) and the final val/bpb of the training run."""

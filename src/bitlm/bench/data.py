@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from bitlm.bench.loops import plain_seconds
 from bitlm.bench.measure import corpus_bytes, in_fresh_process, median, peak_memory, timings
-from bitlm.bench.throughput import plain_seconds
 from bitlm.data.prepare import file_sources, prepare
 from bitlm.model.config import ModelConfig
 from bitlm.training.datamodule import BitDataModule

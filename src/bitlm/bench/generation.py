@@ -13,7 +13,7 @@ import torch
 from bitlm.bench.measure import corpus_bytes, median, timings
 from bitlm.core.bits import FRAME_BITS
 from bitlm.core.errors import BitLMError
-from bitlm.generation.causal import generate_bits
+from bitlm.generation import GenerationOptions, generate_bits
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 
@@ -38,10 +38,10 @@ def run(
         prompt = corpus_bytes(context // FRAME_BITS)
         row: dict[str, Any] = {"context_bits": FRAME_BITS * len(prompt)}
         for name, cached in (("cached", True), ("uncached", False)):
-            generator = torch.Generator(device).manual_seed(seed)
+            options = GenerationOptions(seed=seed, kv_cache=cached)
 
-            def sample(prompt: bytes = prompt, cached: bool = cached, generator=generator) -> None:
-                generate_bits(model, prompt, new_bytes, generator=generator, kv_cache=cached)
+            def sample(prompt: bytes = prompt, options: GenerationOptions = options) -> None:
+                generate_bits(model, prompt, new_bytes, options)
 
             seconds = median(timings(sample, repeats, warmup=1, device=device))
             row[name] = {"bytes_per_s": new_bytes / seconds, "seconds": seconds}

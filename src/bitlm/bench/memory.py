@@ -26,6 +26,7 @@ from bitlm.bench.measure import corpus_batches, in_fresh_process, median, peak_m
 from bitlm.core.errors import BitLMError
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
+from bitlm.objectives.losses import causal_loss
 
 STACKS = {
     "reversible": {"reversible": True, "activation_checkpointing": False},
@@ -47,7 +48,7 @@ def saved_activation_bytes(model: nn.Module, batch: torch.Tensor) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss, _ = model.score(batch)
+        loss, _ = causal_loss(model, batch)
     del loss
     return sum(saved.values())
 
@@ -64,7 +65,7 @@ def measure_step(
         p.grad = torch.zeros_like(p)
 
     def step() -> None:
-        loss, _ = model.score(batch)
+        loss, _ = causal_loss(model, batch)
         loss.backward()
 
     saved = saved_activation_bytes(model, batch)

@@ -38,11 +38,11 @@ import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from bitlm.bench.loops import lightning_seconds
 from bitlm.bench.measure import corpus_batches, median, timings
-from bitlm.bench.throughput import lightning_seconds
 from bitlm.core.bits import DATA_BITS, FRAME_BITS
 from bitlm.data import windows
-from bitlm.generation.causal import generate_bits
+from bitlm.generation import GenerationOptions, generate_bits
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.flops import batch_flops
@@ -163,5 +163,5 @@ def _sample_seconds(
     """Median seconds of the sample the monitor draws after each validation (a cost per
     validation, not per step: set against ``trainer.val_check_interval`` steps)."""
     model = build_model(config).to(device)
-    generator = torch.Generator(device).manual_seed(seed)
-    return median(timings(lambda: generate_bits(model, b"", n_bytes, generator=generator), repeats))
+    options = GenerationOptions(seed=seed)
+    return median(timings(lambda: generate_bits(model, b"", n_bytes, options), repeats))

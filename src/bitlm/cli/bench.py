@@ -12,7 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bitlm.app.hydra import fail, hydra_app, pick_device
+from bitlm.app.failures import fail
+from bitlm.app.hydra import hydra_app
 from bitlm.bench import (
     attention,
     codec,
@@ -26,9 +27,10 @@ from bitlm.bench import (
 )
 from bitlm.bench.measure import machine
 from bitlm.bench.plots import FIGURES
-from bitlm.cli.train import resolve_precision
 from bitlm.core.errors import BitLMError
 from bitlm.core.files import write_atomic
+from bitlm.core.runtime import pick_device
+from bitlm.training.precision import resolve_precision
 
 
 def _progress(message: str) -> None:

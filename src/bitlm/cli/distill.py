@@ -10,8 +10,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bitlm.app.hydra import hydra_app, pick_device
+from bitlm.app.hydra import hydra_app
 from bitlm.core.errors import BitLMError
+from bitlm.core.runtime import pick_device
 from bitlm.data import collate_bits
 from bitlm.io import load_model
 from bitlm.training.distill import collapse_submodel, save_distilled_model

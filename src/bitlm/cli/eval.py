@@ -7,8 +7,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from bitlm.app.hydra import hydra_app, pick_device
+from bitlm.app.hydra import hydra_app
 from bitlm.core.errors import BitLMError
+from bitlm.core.runtime import pick_device
 from bitlm.data import resolve_paths
 from bitlm.evaluation.bpb import compressor_references, denoising_metrics, model_bits
 from bitlm.io import load_model, quantization_of, stored_size

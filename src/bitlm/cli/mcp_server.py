@@ -19,15 +19,14 @@ from typing import Any
 from omegaconf import DictConfig
 from pydantic import create_model
 
-from bitlm.app.hydra import hydra_app, optional_dependencies, pick_device
-from bitlm.cli.generate import bit_model
-from bitlm.cli.serve import server_settings
-from bitlm.core.errors import BitLMError
-from bitlm.evaluation.bpb import compressor_references
-from bitlm.generation.text import generate_text, text_bpb, text_telemetry
+from bitlm.app.hydra import hydra_app
+from bitlm.core.errors import BitLMError, optional_dependencies
+from bitlm.core.runtime import pick_device
+from bitlm.evaluation.bpb import compressor_references, text_bpb
+from bitlm.generation import generate_text, load_bit_model, text_telemetry
 from bitlm.model import BitModel
 from bitlm.serve.schemas import GenerateRequest, TextRequest
-from bitlm.serve.state import Settings
+from bitlm.serve.settings import Settings, server_settings
 
 
 def build_server(model: BitModel, settings: Settings):
@@ -61,9 +60,8 @@ def build_server(model: BitModel, settings: Settings):
             model,
             request.prompt.encode(),
             request.max_new_bytes,
+            request.generation_options(deadline=time.monotonic() + limits.timeout_s),
             safety=settings.safety,
-            deadline=time.monotonic() + limits.timeout_s,
-            **request.sampling_options(),
         )
 
     @answered
@@ -114,7 +112,7 @@ def _tool(function):
 def serve_mcp(cfg: DictConfig) -> None:
     if cfg.ckpt_path is None:
         raise BitLMError("bitlm-mcp needs a model: pass ckpt_path=PATH")
-    model = bit_model(cfg.ckpt_path, pick_device(cfg.device))
+    model = load_bit_model(cfg.ckpt_path, pick_device(cfg.device))
     build_server(model, server_settings(cfg)).run("stdio")
 
 

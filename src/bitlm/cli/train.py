@@ -18,9 +18,10 @@ from bitlm.app.hydra import hydra_app
 from bitlm.core.errors import BitLMError
 from bitlm.core.files import remove_stale_temporaries
 from bitlm.io import checkpoint_step, load_model
-from bitlm.training.callbacks.adaptive_expansion import AdaptiveExpansion
 from bitlm.training.callbacks.progress import bytes_per_step
 from bitlm.training.module import FINAL_STEP_KEY
+from bitlm.training.precision import resolve_precision, set_matmul_precision
+from bitlm.training.protocols import GrowsContext
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -39,7 +40,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise BitLMError("finetune=true starts from ckpt_path=MODEL (a .ckpt or exported folder)")
     if source is not None and not cfg.finetune:
         _check_resumable(source, cfg.trainer.max_steps, finished_ok=ckpt_path == "auto")
-    # first: model config errors come first
+    module, datamodule, trainer = _build(cfg, source)
+    old_context = load_model(source).config.max_seq_len if cfg.finetune else None
+    extended = cfg.finetune and old_context < module.model.config.max_seq_len
+    if extended:
+        evaluator = _evaluator(cfg, trainer)
+        before = _bpb_by_context(evaluator, module, datamodule, old_context)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if cfg.finetune else source)
+    # the training processes' step count (under ddp_spawn this process never stepped)
+    steps = int(trainer.callback_metrics.get(FINAL_STEP_KEY, trainer.global_step))
+    final = trainer.validate(module, datamodule=datamodule, verbose=False)
+    summary = _summary(output_dir, steps, trainer, module, datamodule, final)
+    if torch.cuda.is_initialized():  # this process's GPU high-water mark, for sizing runs
+        summary["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    if extended:  # context extension: val bpb at the source's and the new context length
+        summary["val_bpb_by_context"] = {
+            "before": before,
+            "after": _bpb_by_context(evaluator, module, datamodule, old_context),
+        }
+    return summary | {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def _build(
+    cfg: DictConfig, source: str | None
+) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
+    """Module (first: model config errors come first), data, callbacks, loggers and trainer;
+    the data windows must fit the context the model may grow to."""
     init = {"init_from": source} if cfg.finetune else {}
     module = instantiate(cfg.module, _convert_="all", **init)
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -58,24 +84,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         precision=resolve_precision(cfg.trainer.precision),
         **training_length(cfg.trainer),
     )
-    old_context = load_model(source).config.max_seq_len if cfg.finetune else None
-    extended = cfg.finetune and old_context < module.model.config.max_seq_len
-    if extended:
-        evaluator = L.Trainer(  # its own: validating with `trainer` would close its loggers
-            accelerator=cfg.trainer.accelerator,
-            devices=1,
-            precision=trainer.precision,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-        )
-        before = _bpb_by_context(evaluator, module, datamodule, old_context)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=None if cfg.finetune else source)
-    # the training processes' step count (under ddp_spawn this process never stepped)
-    steps = int(trainer.callback_metrics.get(FINAL_STEP_KEY, trainer.global_step))
-    final = trainer.validate(module, datamodule=datamodule, verbose=False)
-    summary = {
+    return module, datamodule, trainer
+
+
+def _evaluator(cfg: DictConfig, trainer: L.Trainer) -> L.Trainer:
+    """A trainer of its own for validations around a context extension (validating with the
+    run's trainer would close its loggers)."""
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+
+
+def _summary(output_dir, steps, trainer, module, datamodule, final) -> dict[str, Any]:
+    """The JSON line's figures of a finished run."""
+    return {
         "run_dir": str(output_dir),
         "steps": steps,
         "train_bytes": steps * bytes_per_step(trainer, datamodule),
@@ -84,14 +112,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": _existing(output_dir / "checkpoints" / "last.ckpt"),
         "model_dir": _existing(output_dir / "model"),
     }
-    if torch.cuda.is_initialized():  # this process's GPU high-water mark, for sizing runs
-        summary["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
-    if extended:  # context extension: val bpb at the source's and the new context length
-        summary["val_bpb_by_context"] = {
-            "before": before,
-            "after": _bpb_by_context(evaluator, module, datamodule, old_context),
-        }
-    return summary | {"seconds": round(time.perf_counter() - started, 1)}
 
 
 def _remove_leftovers(output_dir: Path) -> None:
@@ -123,8 +143,9 @@ def _check_resumable(source: str, max_steps: int, finished_ok: bool = False) -> 
 
 
 def _context_limit(callback: L.Callback) -> int:
-    """The context a callback may grow the model to (adaptive expansion), else 0."""
-    return (isinstance(callback, AdaptiveExpansion) and callback.context_limit) or 0
+    """The context a callback may grow the model to (``GrowsContext``: adaptive expansion),
+    else 0."""
+    return (isinstance(callback, GrowsContext) and callback.context_limit) or 0
 
 
 def _bpb_by_context(
@@ -142,41 +163,11 @@ def _bpb_by_context(
     return result
 
 
-MATMUL_PRECISIONS = ("highest", "high", "medium")
-
-
-def set_matmul_precision(precision: str) -> None:
-    """``torch.set_float32_matmul_precision``, refusing a value torch does not know."""
-    if precision not in MATMUL_PRECISIONS:
-        raise BitLMError(
-            f"float32_matmul_precision={precision!r}: choose one of {', '.join(MATMUL_PRECISIONS)}"
-        )
-    torch.set_float32_matmul_precision(precision)
-
-
 def training_length(trainer: DictConfig) -> dict[str, int]:
     """With no ``max_steps``, ``max_epochs`` or ``max_time``, one pass over the training
     windows (``max_epochs=1``), where Lightning would run 1 000 epochs; else nothing to add."""
     unset = trainer.max_steps == -1 and trainer.max_epochs is None
     return {"max_epochs": 1} if unset and trainer.get("max_time") is None else {}
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` → ``bf16-mixed`` where bf16 is fast (a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 / AMX), else ``32-true``; any other value is passed to Lightning unchanged."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if _cpu_has_fast_bf16() else "32-true"
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell, and fp32 is always correct
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:

@@ -1,5 +1,6 @@
 """The one exception type the command-line tools turn into a one-line message."""
 
+import contextlib
 import time
 
 
@@ -21,3 +22,15 @@ def check_deadline(deadline: float | None) -> None:
     stops the work itself instead of abandoning a thread that keeps computing."""
     if deadline is not None and time.monotonic() > deadline:
         raise TimeLimitExceeded("generation ran past its time limit; ask for fewer bytes")
+
+
+@contextlib.contextmanager
+def optional_dependencies(command: str, extra: str):
+    """Imports inside the block that fail because an optional dependency is missing become one
+    ``BitLMError`` naming the pip extra that provides it."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        raise BitLMError(
+            f"{command} needs {err.name}, which is not installed: pip install 'bitlm[{extra}]'"
+        ) from err

@@ -9,7 +9,7 @@ with at least ``W − S`` bytes of context. Every byte is scored exactly once::
 For text shorter than a window a single window covers it all.
 
 A diffusion model has no next-bit likelihood: its bpb is the any-order upper bound
-(``bitlm.objectives.diffusion.elbo_bits``) over consecutive non-overlapping windows, and
+(``bitlm.objectives.denoising.elbo_bits``) over consecutive non-overlapping windows, and
 ``denoising_metrics`` reports how well it restores bits masked at fixed noise levels.
 """
 
@@ -29,7 +29,8 @@ from tqdm import tqdm
 from bitlm.core.bits import bytes_to_bits
 from bitlm.model.noise import mask_exactly
 from bitlm.model.transformer import MASK, evaluating
-from bitlm.objectives.diffusion import denoising_stats, elbo_bits
+from bitlm.objectives.denoising import denoising_stats, elbo_bits
+from bitlm.objectives.losses import causal_loss
 
 
 def sliding_windows(n_bytes: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -84,7 +85,7 @@ def _batch_bits(model: nn.Module, data: torch.Tensor, windows: list[tuple[int, i
     device = next(model.parameters()).device
     length = min(model.config.max_bytes, len(data))
     bits = torch.stack([bytes_to_bits(data[s : s + length]) for s, _ in windows]).to(device)
-    _, byte_bits = model.score(bits)  # (B, length)
+    _, byte_bits = causal_loss(model, bits)  # (B, length)
     return sum(
         float(byte_bits[j, first - start :].sum()) for j, (start, first) in enumerate(windows)
     )
@@ -163,3 +164,9 @@ def compressor_references(data: bytes) -> dict[str, float]:
     """Bits per byte of each compressor in ``COMPRESSORS`` on the same bytes:
     ``8·|compressed| / |data|``, container headers included, as a user would pay them."""
     return {name: 8 * len(compress(data)) / len(data) for name, compress in COMPRESSORS.items()}
+
+
+def text_bpb(model: nn.Module, data: bytes) -> float:
+    """Bits per byte of ``data`` under the model (``model_bits``' sliding windows, no progress
+    bar): what ``bitlm-mcp``'s evaluate tool answers."""
+    return model_bits(model, data, progress=False) / len(data)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bitlm.core.bits import DATA_BITS, FRAME_BITS, bits_to_bytes, bytes_to_bits, decode_bits
+from bitlm.core.bits import DATA_BITS, FRAME_BITS, bytes_to_bits, decode_bits
 from bitlm.core.errors import check_deadline
+from bitlm.generation.options import GenerationOptions
 from bitlm.model import BitModel
 from bitlm.model.attention import KVCache
 from bitlm.model.hierarchical import HierarchicalBitLM, parity_logits
@@ -138,42 +139,31 @@ def _decoder(model: BitModel, context: Tensor, kv_cache: bool) -> _BitDecoder | 
 
 @torch.no_grad()
 def generate_bits(
-    model: BitModel,
-    prompt: bytes,
-    max_new_bytes: int,
-    *,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    stop: bytes | None = None,
-    generator: torch.Generator | None = None,
-    kv_cache: bool = True,
-    deadline: float | None = None,
+    model: BitModel, prompt: bytes, max_new_bytes: int, options: GenerationOptions | None = None
 ) -> Tensor:
     """Continue ``prompt`` by up to ``max_new_bytes`` frames; returns the new bits (9·n,) uint8.
 
-    Stops early once the decoded output ends with ``stop`` (whose frames are then dropped). An
-    empty prompt starts from the START symbol alone. ``kv_cache=False`` recomputes the whole
-    context for every bit (slow; the reference for ``bitlm-bench generate``). ``deadline``
-    (``time.monotonic()`` value): raise ``TimeLimitExceeded`` once past it (checked per byte).
+    Stops early once the decoded output ends with ``options.stop`` (whose frames are then
+    dropped). An empty prompt starts from the START symbol alone. ``kv_cache=False`` recomputes
+    the whole context for every bit (slow; the reference for ``bitlm-bench generate``). The
+    ``deadline`` is checked once per byte.
     """
+    options = options or GenerationOptions()
     frames: list[Tensor] = []
     text = bytearray()
     with evaluating(model):
         device = model.head.weight.device
-        decoder = _decoder(model, bytes_to_bits(prompt).to(device)[None], kv_cache)  # (1, 9·len)
+        generator = options.generator(device)
+        context = bytes_to_bits(prompt).to(device)[None]  # (1, 9·len)
+        decoder = _decoder(model, context, options.kv_cache)
         for _ in range(max_new_bytes):
-            check_deadline(deadline)
-            frames.append(_next_frame(decoder, temperature, top_p, generator))
+            check_deadline(options.deadline)
+            frames.append(_next_frame(decoder, options.temperature, options.top_p, generator))
             text += decode_bits(frames[-1], errors="repair")[0]
-            if stop and text.endswith(stop):
-                del frames[len(frames) - len(stop) :]
+            if options.stop and text.endswith(options.stop):
+                del frames[len(frames) - len(options.stop) :]
                 break
     return torch.cat(frames) if frames else torch.zeros(0, dtype=torch.uint8)
-
-
-def generate(model: BitModel, prompt: bytes, max_new_bytes: int, **kwargs) -> bytes:
-    """``generate_bits`` decoded to bytes (strictly: a parity failure would raise)."""
-    return bits_to_bytes(generate_bits(model, prompt, max_new_bytes, **kwargs))
 
 
 def _next_frame(

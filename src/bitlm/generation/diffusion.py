@@ -24,6 +24,7 @@ from torch import Tensor
 
 from bitlm.core.bits import FRAME_BITS, bytes_to_bits
 from bitlm.core.errors import BitLMError, check_deadline
+from bitlm.generation.options import GenerationOptions
 from bitlm.model.noise import corruption_rate
 from bitlm.model.transformer import MASK, TransformerLM, evaluating
 
@@ -51,25 +52,25 @@ def repair_parity(bits: Tensor, confidence: Tensor) -> tuple[Tensor, int]:
 def denoise(
     model: TransformerLM,
     symbols: Tensor,
-    steps: int,
-    schedule: str,
-    temperature: float = 1.0,
-    remask: bool = False,
-    choice_temperature: float = 1.0,
+    options: GenerationOptions,
     generator: torch.Generator | None = None,
-    deadline: float | None = None,
 ) -> tuple[Tensor, int]:
-    """Fill the MASK positions of symbols (B, L) in ``steps`` model passes (module docstring);
+    """Fill the MASK positions of symbols (B, L) in ``options.diffusion_steps`` model passes
+    (module docstring; ``options.schedule`` defaults to the model's ``noise_schedule``);
     returns the bits (B, L) long, parity-repaired, and the number of frames repaired. Frames
-    must be either wholly given or wholly masked. ``deadline``: ``check_deadline`` before each
-    pass."""
+    must be either wholly given or wholly masked. ``options.deadline``: ``check_deadline``
+    before each pass. The draws come from ``generator`` (None: torch's global one), which a
+    caller denoising window after window keeps from one window to the next."""
+    steps, temperature = options.diffusion_steps, options.temperature
+    schedule = options.schedule or model.config.noise_schedule
+    remask, choice_temperature = options.remask, options.choice_temperature
     x = symbols.long().clone()
     free = x == MASK
     masked = free.clone()
     confidence = torch.full(x.shape, math.inf, device=x.device)
     n_free = free.sum(1)
     for k in range(steps, 0, -1):
-        check_deadline(deadline)
+        check_deadline(options.deadline)
         logits, _ = model(x, causal=False)
         p_one = _bit_probability(logits, temperature)
         if temperature == 0:
@@ -116,43 +117,32 @@ def diffusion_generate(
     model: TransformerLM,
     prompt: bytes,
     max_new_bytes: int,
-    *,
-    suffix: bytes = b"",
-    steps: int = 16,
-    schedule: str | None = None,
-    temperature: float = 1.0,
-    remask: bool = False,
-    choice_temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    deadline: float | None = None,
+    options: GenerationOptions | None = None,
 ) -> Sample:
-    """Sample ``max_new_bytes`` bytes after ``prompt`` (and before ``suffix``: infilling) with a
-    diffusion model in ``steps`` denoising passes per window; ``schedule`` defaults to the one
-    the model was trained with. Deterministic for a given generator state. ``deadline``: raise
-    ``TimeLimitExceeded`` once ``time.monotonic()`` passes it (checked before every pass).
+    """Sample ``max_new_bytes`` bytes after ``prompt`` (and before ``options.suffix``:
+    infilling) with a diffusion model in ``options.diffusion_steps`` denoising passes per window
+    (``denoise``). Deterministic for given options (the seed included). ``options.deadline``:
+    raise ``TimeLimitExceeded`` once ``time.monotonic()`` passes it (checked before every pass).
 
     The prompt, the new bytes and the suffix share the model's window (``max_seq_len / 9``
     bytes): the prompt keeps its last bytes that fit. Without a suffix, text longer than the
     window is made window by window, each conditioned on up to half a window of what came before.
     """
-    config = model.config
+    options = options or GenerationOptions()
+    config, suffix = model.config, options.suffix
     if config.mode != "diffusion":
         raise BitLMError(
             "diffusion sampling needs a model trained with model.mode=diffusion "
             "(bitlm-train experiment=diffusion); this one is causal"
         )
-    if steps < 1:
-        raise BitLMError(f"diffusion_steps must be a positive integer, got {steps}")
-    if not choice_temperature >= 0:
-        raise BitLMError(f"choice_temperature must be >= 0, got {choice_temperature}")
     window = config.max_bytes
     if suffix and max_new_bytes + len(suffix) > window:
         raise BitLMError(
             f"infilling writes the middle and the suffix in one window of {window} bytes: "
             f"{max_new_bytes} new + {len(suffix)} suffix bytes do not fit; shorten them"
         )
-    schedule = schedule or config.noise_schedule
     device = model.head.weight.device
+    generator = options.generator(device)
     text, frames, repairs = bytes_to_bits(prompt).to(device), [], 0
     tail = bytes_to_bits(suffix).to(device).long()
     with evaluating(model):
@@ -162,17 +152,7 @@ def diffusion_generate(
             context = text[len(text) - keep * FRAME_BITS :].long()
             gap = torch.full((block * FRAME_BITS,), MASK, device=device, dtype=torch.long)
             symbols = torch.cat((context, gap, tail))[None]
-            filled, n = denoise(
-                model,
-                symbols,
-                steps,
-                schedule,
-                temperature,
-                remask,
-                choice_temperature,
-                generator,
-                deadline,
-            )
+            filled, n = denoise(model, symbols, options, generator)
             new = filled[0, len(context) : len(context) + len(gap)].to(torch.uint8)
             frames.append(new)
             text, repairs, remaining = torch.cat((text, new)), repairs + n, remaining - block

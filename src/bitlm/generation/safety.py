@@ -11,9 +11,9 @@ Floors: c_floor 0.3 as DESIGN.md; s_floor 0.25, not DESIGN.md's 0.5, because S a
 corpus marginals falls as a model gets better (sharper predictions are further from them): the
 default quickstart model ends at val S = 0.49 (``experiments/telemetry``).
 
-In training a callback (``training/callbacks/safety_gate.py``) feeds it the predictions' C and S each step
-and warns, stops or rolls back. At inference ``hil_safe_inference`` judges one batch (C = exact
-LZ76 of the bits, S = the model's predictions on them against a reference) and
+In training a callback (``training/callbacks/safety_gate.py``) feeds it the predictions' C and
+S each step and warns, stops or rolls back. At inference ``hil_safe_inference`` judges one batch
+(C = exact LZ76 of the bits, S = the model's predictions on them against a reference) and
 ``safe_sample_with_retry`` re-samples with a new seed and a higher temperature until a sample
 passes, backing off exponentially between attempts and falling back to a diffusion model when
 one is given.
@@ -33,12 +33,12 @@ from torch import Tensor
 
 from bitlm.core.bits import bits_to_text, frame_values
 from bitlm.core.errors import BitLMError
+from bitlm.generation.options import GenerationOptions
 from bitlm.generation.sample import sample
 from bitlm.model import BitModel
 from bitlm.model.noise import frame_predictions
 from bitlm.model.transformer import evaluating
-from bitlm.objectives.kcs import telemetry_of
-from bitlm.telemetry.metrics import lz76_complexity, marginal_reference
+from bitlm.telemetry.metrics import lz76_complexity, marginal_reference, telemetry_of
 
 
 class SafetyError(BitLMError):
@@ -175,10 +175,9 @@ def safe_sample_with_retry(
     model: BitModel,
     prompt: bytes,
     max_new_bytes: int,
+    options: GenerationOptions | None = None,
     *,
     max_retries: int = 3,
-    seed: int = 0,
-    temperature: float = 1.0,
     temperature_step: float = 0.25,
     backoff_s: float = 0.05,
     reference: Tensor | None = None,
@@ -186,53 +185,41 @@ def safe_sample_with_retry(
     s_floor: float = 0.25,
     fallback: BitModel | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    **sampling: Any,
 ) -> dict[str, Any]:
     """Sample a continuation that passes ``hil_safe_inference``; attempt k (0-based) uses seed
-    ``seed + k`` and temperature ``temperature + k · temperature_step`` (more diverse after a
-    repetitive sample), after waiting ``backoff_s · 2^(k−1)`` seconds.
+    ``options.seed + k`` and temperature ``options.temperature + k · temperature_step`` (more
+    diverse after a repetitive sample), after waiting ``backoff_s · 2^(k−1)`` seconds.
 
-    Attempt 0 samples ``model`` in its own mode (``bitlm.generation.sample.sample``, which takes the
-    ``sampling`` options). Retries fall back to diffusion mode when a diffusion model
-    ``fallback`` is given: it fills the whole span at once instead of extending a sample bit by
-    bit, so it cannot fall into the loop a causal sampler repeats. Every sample is judged by
-    ``model``, on its last ``max_seq_len`` bits (whole frames: what the model sees). The causal
-    options ``top_p`` and ``kv_cache`` apply to the causal attempts only.
+    Attempt 0 samples ``model`` in ``options.mode`` (``bitlm.generation.sample.sample``).
+    Retries fall back to diffusion mode when a diffusion model ``fallback`` is given: it fills
+    the whole span at once instead of extending a sample bit by bit, so it cannot fall into the
+    loop a causal sampler repeats. Every sample is judged by ``model``, on its last
+    ``max_seq_len`` bits (whole frames: what the model sees). The causal options ``top_p`` and
+    ``kv_cache`` apply to the causal attempts only.
     Returns ``{"text", "bits", "attempts", "mode", "parity_repairs", "telemetry"}`` of the first
     safe sample; raises ``SafetyError`` (with the last telemetry) when all ``1 + max_retries``
     attempts fail.
     """
+    options = options or GenerationOptions()
     if max_retries < 0:
         raise BitLMError(f"max_retries must be >= 0, got {max_retries}")
     if fallback is not None and fallback.config.mode != "diffusion":
         raise BitLMError("the safety fallback model must be a model.mode=diffusion model")
-    device = model.head.weight.device
     telemetry: dict[str, Any] = {}
     for attempt in range(max_retries + 1):
         if attempt:
             sleep(backoff_s * 2 ** (attempt - 1))
-        sampler, options = model, sampling
-        if attempt and fallback is not None:  # causal-only options stay with the causal model
-            sampler = fallback
-            options = {k: v for k, v in sampling.items() if k not in ("top_p", "kv_cache")}
-            options["mode"] = "diffusion"
-        generator = torch.Generator(sampler.head.weight.device).manual_seed(seed + attempt)
-        heat = temperature + attempt * temperature_step
-        bits, repairs = sample(
-            sampler, prompt, max_new_bytes, temperature=heat, generator=generator, **options
+        sampler, tried = model, options
+        if attempt and fallback is not None:  # top_p is causal-only: diffusion refuses it
+            sampler, tried = fallback, dataclasses.replace(options, mode="diffusion", top_p=1.0)
+        tried = dataclasses.replace(
+            tried,
+            seed=options.seed + attempt,
+            temperature=options.temperature + attempt * temperature_step,
         )
-        if not bits.numel():  # nothing emitted (an immediate stop string): nothing to judge
-            telemetry = {"safe": True}
-        else:
-            _, telemetry = hil_safe_inference(
-                model,
-                bits[-model.config.max_seq_len :].to(device)[None],
-                reference=reference,
-                c_floor=c_floor,
-                s_floor=s_floor,
-                strict=False,
-            )
-        telemetry["temperature"] = heat
+        bits, repairs = sample(sampler, prompt, max_new_bytes, tried)
+        telemetry = _verdict(model, bits, reference, c_floor, s_floor)
+        telemetry["temperature"] = tried.temperature
         if telemetry["safe"]:
             return {
                 "text": bits_to_text(bits),
@@ -243,3 +230,22 @@ def safe_sample_with_retry(
                 "telemetry": telemetry,
             }
     raise SafetyError(f"no sample passed the safety gate in {max_retries + 1} attempts", telemetry)
+
+
+def _verdict(
+    model: BitModel, bits: Tensor, reference: Tensor | None, c_floor: float, s_floor: float
+) -> dict[str, Any]:
+    """``hil_safe_inference``'s lenient telemetry of a sample (bits (9n,)) on its last
+    ``max_seq_len`` bits; an empty sample (an immediate stop string) has nothing to judge and
+    is safe."""
+    if not bits.numel():
+        return {"safe": True}
+    _, telemetry = hil_safe_inference(
+        model,
+        bits[-model.config.max_seq_len :].to(model.head.weight.device)[None],
+        reference=reference,
+        c_floor=c_floor,
+        s_floor=s_floor,
+        strict=False,
+    )
+    return telemetry

@@ -4,57 +4,58 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from bitlm.core.bits import bytes_to_bits, decode_bits
-from bitlm.evaluation.bpb import model_bits
+from bitlm.core.errors import BitLMError
+from bitlm.generation.options import GenerationOptions
 from bitlm.generation.safety import judge, safe_sample_with_retry
 from bitlm.generation.sample import sample
+from bitlm.io import load_model
 from bitlm.model import BitModel
+
+
+def load_bit_model(path: str | Path, device: torch.device) -> BitModel:
+    """The bit model at ``path`` (what generating commands serve); refuses the byte baseline."""
+    model = load_model(path, device)
+    if not isinstance(model, BitModel):
+        raise BitLMError(
+            f"{path} is a model.unit={model.config.unit} model; only bit models generate "
+            "text (the byte-level baseline is for training and bitlm-eval comparisons)"
+        )
+    return model
 
 
 def generate_text(
     model: BitModel,
     prompt: bytes,
     max_new_bytes: int,
+    options: GenerationOptions | None = None,
     *,
-    seed: int = 0,
-    temperature: float = 0.8,
     safety: Mapping[str, Any] | None = None,
     fallback: BitModel | None = None,
-    **options: Any,
 ) -> dict[str, Any]:
     """Continue ``prompt``: ``{"text", "bytes", "parity_errors", "parity_repairs", "mode"}``.
 
-    ``options``: ``bitlm.generation.sample.sample``'s (mode, top_p, stop, deadline …). ``safety``:
-    ``safe_sample_with_retry``'s options (c_floor, s_floor, max_retries …) to gate the sample,
-    adding ``"attempts"`` and the ``"telemetry"`` it was judged on (``SafetyError`` when no
-    attempt passes); None samples once, ungated. The bits are decoded leniently and parity
-    failures *counted* (0 by construction: causal sampling computes parity bits, diffusion
-    sampling repairs them), so the claim is measured on every call.
+    ``safety``: ``safe_sample_with_retry``'s options (c_floor, s_floor, max_retries …) to gate
+    the sample, adding ``"attempts"`` and the ``"telemetry"`` it was judged on (``SafetyError``
+    when no attempt passes); None samples once, ungated. The bits are decoded leniently and
+    parity failures *counted* (0 by construction: causal sampling computes parity bits,
+    diffusion sampling repairs them), so the claim is measured on every call.
     """
-    report: dict[str, Any] = {"mode": options.get("mode") or model.config.mode}
+    options = options or GenerationOptions()
+    report: dict[str, Any] = {"mode": options.mode or model.config.mode}
     if safety is not None:
         result = safe_sample_with_retry(
-            model,
-            prompt,
-            max_new_bytes,
-            seed=seed,
-            temperature=temperature,
-            fallback=fallback,
-            **safety,
-            **options,
+            model, prompt, max_new_bytes, options, fallback=fallback, **safety
         )
         bits, repairs = result["bits"], result["parity_repairs"]
         report |= {k: result[k] for k in ("attempts", "mode", "telemetry")}
     else:
-        generator = torch.Generator(model.head.weight.device).manual_seed(seed)
-        bits, repairs = sample(
-            model, prompt, max_new_bytes, temperature=temperature, generator=generator, **options
-        )
+        bits, repairs = sample(model, prompt, max_new_bytes, options)
     data, parity_errors = decode_bits(bits.cpu(), errors="replace")
     return {
         "text": data.decode("utf-8", errors="replace"),
@@ -72,8 +73,3 @@ def text_telemetry(model: BitModel, data: bytes) -> dict[str, float]:
     bits = bytes_to_bits(data)[-model.config.max_seq_len :]
     _, telemetry = judge(model, bits.to(model.head.weight.device)[None])
     return telemetry
-
-
-def text_bpb(model: nn.Module, data: bytes) -> float:
-    """Bits per byte of ``data`` under the model (sliding windows, ``bitlm.evaluation.bpb``)."""
-    return model_bits(model, data, progress=False) / len(data)

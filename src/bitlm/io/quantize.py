@@ -41,7 +41,7 @@ def prepare_qat(model: nn.Module) -> None:
 
 def quantize(model: nn.Module, scheme: str) -> nn.Module:
     """Quantize ``model``'s linear layers in place with ``scheme`` and return it (eval mode),
-    recording the scheme as ``model.quantization`` (what ``bitlm.io.export`` saves it under).
+    recording the scheme as ``model.quantization`` (what ``bitlm.io.folder`` saves it under).
     ``model`` must be an ordinary float model (build it from the exported weights)."""
     if scheme not in SCHEMES:
         raise BitLMError(f"quantization scheme must be one of {list(SCHEMES)}, got {scheme!r}")

@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from bitlm.core.bits import frame_values
 from bitlm.model.config import ModelConfig
 from bitlm.model.transformer import TransformerLM
-from bitlm.objectives.losses import byte_cross_entropy
 
 START = 256
 """Input symbol before the first byte of a window."""
@@ -30,11 +29,6 @@ class ByteTransformerLM(TransformerLM):
     def forward(self, bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits (B, n, 256) for bits (B, 9n): ``logits[:, i]`` predicts byte i from bytes < i."""
         return self._logits(frame_values(bits).long()), self.trunk_telemetry()
-
-    def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
-        """``(training loss, CE in bits of each byte (B, n))``; there are no parity targets."""
-        values = frame_values(bits).long()  # (B, n), decoded once for inputs and targets
-        return byte_cross_entropy(self._logits(values), values)
 
     def _logits(self, values: Tensor) -> Tensor:
         n = values.size(1)

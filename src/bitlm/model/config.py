@@ -32,7 +32,8 @@ class ModelConfig:
     # hierarchical trunk existed still load as the model they describe.
     trunk: str = "flat"
     # "causal": predict each bit from the bits before it (autoregressive); "diffusion": predict
-    # masked bits from the whole noisy sequence (bidirectional denoising, bitlm/objectives/diffusion.py)
+    # masked bits from the whole noisy sequence (bidirectional denoising,
+    # bitlm/objectives/denoising.py)
     mode: str = "causal"
     # diffusion mode: corruption rate γ(t) over noise time t ∈ [0, 1] used in training and, by
     # default, by the sampler: "linear" γ = t, "cosine" γ = 1 − cos(πt/2), "exp" γ = (1 − e^(−5t))
@@ -111,6 +112,13 @@ class ModelConfig:
         )
 
     def _validate(self) -> None:
+        self._validate_sizes()
+        self._validate_choices()
+        self._validate_settings()
+
+    def _validate_sizes(self) -> None:
+        """Positive widths and depths, heads dividing widths into even (rotary) head sizes,
+        whole frames of context."""
         for name in (
             "d_model",
             "n_heads",
@@ -137,6 +145,9 @@ class ModelConfig:
                     "for rotary embeddings"
                 )
         frames_in(self.max_seq_len, "model.max_seq_len")
+
+    def _validate_choices(self) -> None:
+        """Named choices, and the combinations the byte-level baseline does not have."""
         if self.unit not in ("bit", "byte"):
             raise BitLMError(f"model.unit must be 'bit' or 'byte', got {self.unit!r}")
         if self.trunk not in ("flat", "hierarchical"):
@@ -167,6 +178,9 @@ class ModelConfig:
                 "model.use_act (ACT halting) is for bit models; the byte-level baseline is the "
                 "plain reference: set model.use_act=false"
             )
+
+    def _validate_settings(self) -> None:
+        """Flags, rates and the numeric settings of attention, ACT and RoPE."""
         for name in ("reversible", "activation_checkpointing", "bias", "use_act", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise BitLMError(f"model.{name} must be true or false, got {getattr(self, name)!r}")

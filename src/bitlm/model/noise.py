@@ -13,7 +13,7 @@ probability γ(t). Training draws t ~ U(0, ν) per sequence, ν being the noise 
 ``DiffusionCurriculum`` callback lowers over training (1 without it), and minimises the mean
 cross-entropy of the masked bits under the model's bidirectional predictions p_θ(x_i | z_t).
 
-The objective and its likelihood bound are in ``bitlm.objectives.diffusion``; the sampler in
+The objective and its likelihood bound are in ``bitlm.objectives.denoising``; the sampler in
 ``bitlm.generation.diffusion``.
 """
 

@@ -32,15 +32,13 @@ from bitlm.core.rle import CompressedBits, decompress_bits
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack, ReversibleStack
 from bitlm.model.config import ModelConfig
-from bitlm.model.pretrained import Pretrained
-from bitlm.objectives.losses import bit_cross_entropy
 
 MASK = 2
 """Input symbol for "no bit here": the start-of-context input in causal mode, the masked
 position in diffusion mode."""
 
 
-class TransformerLM(nn.Module, Pretrained):
+class TransformerLM(nn.Module):
     """What the bit model and the byte-level baseline share after their own input embeddings:
     dropout → RoPE trunk (reversible or plain) → LayerNorm → linear head. A subclass builds its
     embeddings, then calls ``_build_trunk_and_head`` (which also initialises all weights)."""
@@ -92,18 +90,6 @@ class TransformerLM(nn.Module, Pretrained):
         the model's device: the same result as ``forward`` on the raw bits, by construction."""
         bits = decompress_bits(compressed).to(self.head.weight.device)
         return self(bits, **kwargs)
-
-    def score(self, bits: Tensor, include_parity: bool = False) -> tuple[Tensor, Tensor]:
-        """``(training loss, CE in bits of each byte (B, n))`` of the causal model on ``bits``:
-        bit cross-entropy over the next-bit logits (B, L, 2) that both bit trunks return (the
-        byte baseline scores its 256-way logits instead)."""
-        if self.config.mode != "causal":
-            raise BitLMError(
-                "a model.mode=diffusion model gives no next-bit likelihood to score; "
-                "bitlm.objectives.diffusion.elbo_bits bounds its bits per byte instead"
-            )
-        logits, _ = self(bits)
-        return bit_cross_entropy(logits, bits, include_parity)
 
     def new_caches(self, batch_size: int) -> list[KVCache]:
         """Empty key/value caches for the trunk, one per layer, for its whole window

@@ -1,0 +1,52 @@
+"""Training objectives, one file each, behind one interface (``base.Objective``): batch in,
+loss and named metrics out. ``next_bit`` (causal bit models, both trunks), ``next_byte`` (the
+byte-level baseline), ``denoising`` (diffusion mode); ``regularisers`` holds the terms the
+training loop adds (K/C/S, ACT's ponder cost); ``losses`` the cross-entropies and bpb."""
+
+from bitlm.core.errors import BitLMError
+from bitlm.model.config import ModelConfig
+from bitlm.objectives.base import Knobs, Objective, Output
+from bitlm.objectives.denoising import DiffusionObjective
+from bitlm.objectives.next_bit import CausalBitObjective
+from bitlm.objectives.next_byte import ByteObjective
+
+
+def objective_for(
+    config: ModelConfig,
+    include_parity_loss: bool = False,
+    telemetry_windows: int | None = 4,
+) -> Objective:
+    """The objective a model of ``config`` trains with: masked denoising for
+    ``mode=diffusion``, next-byte prediction for ``unit=byte``, next-bit prediction otherwise.
+    ``telemetry_windows``: windows of a diffusion training batch that telemetry reads (None:
+    telemetry off)."""
+    if config.mode == "diffusion":
+        objective: Objective = DiffusionObjective(telemetry_windows)
+    elif config.unit == "byte":
+        objective = ByteObjective()
+    else:
+        objective = CausalBitObjective(include_parity_loss)
+    objective.check_model(config)
+    return objective
+
+
+def check_knobs(knobs: Knobs, objective: Objective) -> Knobs:
+    """``knobs``, refused when one the objective does not read is set away from its default."""
+    if knobs.compress_prob > 0 and "compress_prob" not in objective.knobs:
+        raise BitLMError(
+            "compressed inputs (module.compress_prob) are read by causal bit models through "
+            "forward_compressed: set module.compress_prob=0 for this model"
+        )
+    return knobs
+
+
+__all__ = [
+    "ByteObjective",
+    "CausalBitObjective",
+    "DiffusionObjective",
+    "Knobs",
+    "Objective",
+    "Output",
+    "check_knobs",
+    "objective_for",
+]

@@ -17,10 +17,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
-from bitlm.core.bits import DATA_BITS, FRAME_BITS
+from bitlm.core.bits import DATA_BITS, FRAME_BITS, frame_values
+from bitlm.core.errors import BitLMError
 
 
 def bit_cross_entropy(
@@ -74,3 +75,20 @@ class BitsPerByte(Metric):
 
     def compute(self) -> Tensor:
         return (self.ce_bits / self.n_bytes).float()
+
+
+def causal_loss(
+    model: nn.Module, bits: Tensor, include_parity: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``(loss, CE in bits of each byte (B, n))`` of a causal model, bit or byte-level, on bits
+    (B, 9n): what evaluation and the memory benchmark score. A diffusion model gives no
+    next-bit likelihood (``bitlm.objectives.denoising.elbo_bits`` bounds its bpb instead)."""
+    if model.config.mode != "causal":
+        raise BitLMError(
+            "a model.mode=diffusion model gives no next-bit likelihood to score; "
+            "bitlm.objectives.denoising.elbo_bits bounds its bits per byte instead"
+        )
+    logits, _ = model(bits)
+    if model.config.unit == "byte":
+        return byte_cross_entropy(logits, frame_values(bits))
+    return bit_cross_entropy(logits, bits, include_parity)

@@ -1,13 +1,10 @@
-"""The inference and control server (``bitlm-serve``): ``app.py`` (routes), ``schemas.py``
-(request models), ``state.py`` (settings, telemetry store), ``static/`` (the dashboard).
+"""The inference and control server (``bitlm-serve``): ``app.py`` (the app, its routes and the
+state behind them), ``middleware.py`` (what every request passes through: host check, body
+limit, counting and security headers, the bearer token, the error answers), ``schemas.py``
+(request models), ``settings.py`` (what the server is started with), ``state.py`` (the
+telemetry store), ``static/`` (the dashboard).
 
-Only what the training side shares is here, free of the server's optional dependencies
-(``pip install 'bitlm[serve]'``): the rules for published telemetry.
+The rules for published telemetry, which the training side shares, are
+``bitlm.telemetry.names``: free of the server's optional dependencies
+(``pip install 'bitlm[serve]'``).
 """
-
-MAX_TELEMETRY_METRICS = 256
-
-
-def valid_metric_name(name: str) -> bool:
-    """Letters, digits, ``/`` and ``_`` (``val/bpb``, ``telemetry/C_lz76_data``), 1–128."""
-    return 0 < len(name) <= 128 and name.replace("/", "").replace("_", "").isalnum()

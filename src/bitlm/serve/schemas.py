@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from bitlm.core.errors import BitLMError
-from bitlm.serve import MAX_TELEMETRY_METRICS, valid_metric_name
+from bitlm.generation import GenerationOptions
+from bitlm.telemetry.names import MAX_TELEMETRY_METRICS, valid_metric_name
 
 if TYPE_CHECKING:
-    from bitlm.serve.state import Limits
+    from bitlm.serve.settings import Limits
 
 
 def _encodable(value: Any) -> Any:
@@ -68,18 +69,19 @@ class GenerateRequest(Request):
         if self.max_new_bytes > limits.max_new_bytes:
             raise OverLimit(f"max_new_bytes is at most {limits.max_new_bytes} on this server", 422)
 
-    def sampling_options(self) -> dict[str, Any]:
-        """``bitlm.generation.text.generate_text``'s keyword arguments for this request (its text as
-        UTF-8 bytes; an empty stop is none)."""
-        return {
-            "seed": self.seed,
-            "temperature": self.temperature,
-            "mode": self.mode,
-            "top_p": self.top_p,
-            "stop": self.stop.encode() if self.stop else None,
-            "suffix": self.suffix.encode(),
-            "diffusion_steps": self.diffusion_steps,
-        }
+    def generation_options(self, deadline: float) -> GenerationOptions:
+        """The ``GenerationOptions`` this request asks for (its text as UTF-8 bytes; an empty
+        stop is none), to be done by ``deadline`` (a ``time.monotonic()`` value)."""
+        return GenerationOptions(
+            seed=self.seed,
+            temperature=self.temperature,
+            mode=self.mode,
+            top_p=self.top_p,
+            stop=self.stop.encode() if self.stop else None,
+            suffix=self.suffix.encode(),
+            diffusion_steps=self.diffusion_steps,
+            deadline=deadline,
+        )
 
 
 class TextRequest(Request):

@@ -131,6 +131,14 @@ def prediction_telemetry(logits: Tensor, reference: Tensor) -> dict[str, Tensor]
     return {"K": _negentropy_of(p), "C": flip_rate_complexity(p), "S": _symbiosis_of(p, q)}
 
 
+def telemetry_of(logits: Tensor, bits: Tensor, reference: Tensor) -> dict[str, Tensor]:
+    """Batch means of K, C, S of the predictions and K, C (flip-rate statistic) of the data."""
+    telemetry = {k: v.mean() for k, v in prediction_telemetry(logits, reference).items()}
+    telemetry["K_data"] = negentropy(bits).mean()
+    telemetry["C_data"] = flip_rate_complexity(data_bits(bits).float()).mean()
+    return telemetry
+
+
 def marginal_reference(byte_counts: Tensor) -> Tensor:
     """The ``marginal`` symbiosis reference: P(bit = 1) at each of the 9 frame positions of a
     corpus with the given count of each byte value (256,), (9,) float32."""

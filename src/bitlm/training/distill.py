@@ -46,7 +46,7 @@ from bitlm.model.transformer import evaluating
 from bitlm.objectives.losses import bit_cross_entropy
 from bitlm.telemetry.metrics import prediction_telemetry
 from bitlm.telemetry.synthesizer import TelemetrySynthesizer
-from bitlm.training.optim import optimizer_and_schedule
+from bitlm.training import optim
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def distillation_loss(
 
 class DistillationModule(L.LightningModule):
     """Trains ``student`` on ``distillation_loss`` against the frozen ``teacher``, with the
-    training module's AdamW and warm-up/cosine schedule (``optimizer_and_schedule``)."""
+    training module's AdamW and warm-up/cosine schedule (``bitlm.training.optim``)."""
 
     def __init__(
         self,
@@ -187,13 +187,10 @@ class DistillationModule(L.LightningModule):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.alpha, self.temperature, self.steps = alpha, temperature, steps
-        self.schedule = {
-            "lr": lr,
-            "weight_decay": 0.1,
-            "betas": (0.9, 0.95),
-            "warmup_steps": max(1, steps // 10),
-            "min_lr_ratio": 0.1,
-        }
+        self.optimizer = optim.as_config({"lr": lr}, optim.DEFAULT_OPTIMIZER)
+        self.scheduler = optim.as_config(
+            {"warmup_steps": max(1, steps // 10)}, optim.DEFAULT_SCHEDULER
+        )
 
     def training_step(self, bits: Tensor, batch_idx: int) -> Tensor:
         with torch.no_grad():
@@ -204,7 +201,8 @@ class DistillationModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer, scheduler = optimizer_and_schedule(self.student, self.schedule, self.steps)
+        optimizer = optim.build_optimizer(self.student, self.optimizer)
+        scheduler = optim.build_scheduler(optimizer, self.scheduler, self.steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

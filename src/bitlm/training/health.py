@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import torch
+
+from bitlm.core.errors import BitLMError
 
 UNIFORM_BPB = 8.0
 """Bits per byte of a model that knows nothing (every byte 1/256): any sane model is near it
@@ -101,3 +104,42 @@ def health_of(module: L.LightningModule) -> TrainingHealth | None:
 def is_healthy(module: L.LightningModule) -> bool:
     health = health_of(module)
     return health is None or health.ok
+
+
+def check_health_options(max_bad_steps: int, loss_spike_factor: float | None) -> None:
+    if max_bad_steps < 1:
+        raise BitLMError(f"module.max_bad_steps must be >= 1, got {max_bad_steps}")
+    if loss_spike_factor is not None and not loss_spike_factor > 1:
+        raise BitLMError(f"module.loss_spike_factor must be > 1 or null, got {loss_spike_factor}")
+
+
+def guard_step(
+    module: L.LightningModule,
+    optimizer: torch.optim.Optimizer,
+    health: TrainingHealth,
+    losses: list[torch.Tensor],
+    max_bad_steps: int,
+) -> None:
+    """Judge the step about to be taken (``TrainingHealth.judge_step`` on the loss averaged over
+    its micro-batches ``losses`` and the ranks, so every rank decides alike); drop the gradients
+    of a bad one (the weights then stay as they are: AdamW skips parameters without gradients),
+    count it (``train/bad_steps``), and stop the run after ``max_bad_steps`` of them in a row."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    mean = module.trainer.strategy.reduce(torch.stack(losses).mean(), reduce_op="mean")
+    losses.clear()
+    finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))  # a DTensor's too
+    loss = float(mean)
+    if not health.judge_step(loss, finite):
+        return
+    optimizer.zero_grad(set_to_none=True)
+    module.log("train/bad_steps", float(health.bad_steps))
+    if health.streak >= max_bad_steps:
+        raise BitLMError(
+            f"{health.streak} training steps in a row (up to step {module.global_step}) "
+            f"had a NaN, infinite or spiking loss (last {loss:.4g}; running mean "
+            f"{health.ema or math.nan:.4g}); training stopped. Checkpoints are only "
+            "written from weights a later step found healthy, so checkpoints/last.ckpt (if "
+            "one was saved) holds the last good state: lower module.optimizer.lr (or set "
+            "trainer.gradient_clip_val, trainer.precision=32-true), then resume with "
+            "ckpt_path=last"
+        )

@@ -1,52 +1,99 @@
-"""AdamW and its learning-rate schedule: warmup, cosine decay, growth re-warm-ups, and a
-restored optimizer made to follow the run's settings on resume."""
+"""The optimiser and its learning-rate schedule, both injected by Hydra as ``_partial_``
+configs (``module.optimizer``, ``module.scheduler``), with growth re-warm-ups and a restored
+optimiser made to follow the run's settings on resume.
+
+Default: ``torch.optim.AdamW`` (lr 1e-3, betas (0.9, 0.95), weight decay 0.1 on matrices
+only) and :func:`warmup_cosine`. Any ``torch.optim`` optimiser works
+(``module.optimizer._target_=torch.optim.SGD +module.optimizer.momentum=0.9``); a schedule is a
+function ``(step, total_steps, **settings) -> LR multiplier``. Configs are kept as plain dicts
+(hyper-parameters, checkpoints load with ``weights_only``) and instantiated when the optimiser
+is built.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
+
+DEFAULT_OPTIMIZER: dict[str, Any] = {
+    "_target_": "torch.optim.AdamW",
+    "_partial_": True,
+    "lr": 1e-3,
+    "betas": [0.9, 0.95],
+    "weight_decay": 0.1,
+}
+DEFAULT_SCHEDULER: dict[str, Any] = {
+    "_target_": "bitlm.training.optim.warmup_cosine",
+    "_partial_": True,
+    "warmup_steps": 100,
+    "min_lr_ratio": 0.1,
+}
 
 
-def optimizer_and_schedule(
-    model: torch.nn.Module,
-    hp: Mapping[str, Any],
+def as_config(spec: Mapping[str, Any] | functools.partial | None, default: Mapping[str, Any]):
+    """The plain config dict of an optimiser or schedule ``spec``: a Hydra config (a mapping
+    with ``_target_``), settings that update ``default`` (a mapping without one: ``{"lr":
+    3e-3}``), or the ``functools.partial`` Hydra makes of a ``_partial_`` config."""
+    if spec is None:
+        return dict(default)
+    if isinstance(spec, functools.partial):
+        target = f"{spec.func.__module__}.{spec.func.__qualname__}"
+        return {"_target_": target, "_partial_": True, **spec.keywords}
+    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
+    return spec if "_target_" in spec else {**default, **spec}
+
+
+def settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a config (``_target_`` and the other Hydra keys left out)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k[0] != "_"}
+
+
+def build_optimizer(
+    model: torch.nn.Module, config: Mapping[str, Any], precision: str = "32-true"
+) -> torch.optim.Optimizer:
+    """The optimiser of ``config`` over ``model``'s trainable parameters in two groups:
+    matrices (embeddings, projections) with the config's weight decay, biases and norm gains
+    without (decaying them pulls them towards 0, which is not a prior anyone wants). AdamW
+    gets its fused kernel where :func:`fused_adamw` allows it (Lightning's ``precision``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    factory = instantiate(_plain(config))
+    extra = {}
+    if factory.func is torch.optim.AdamW and "fused" not in config:
+        extra["fused"] = fused_adamw({p.device.type for p in params}, precision)
+    optimizer = factory(groups, **settings(config), **extra)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]  # LambdaLR's base, needed to start at start_step
+    return optimizer
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    config: Mapping[str, Any],
     total_steps: int,
     growths: Sequence[Mapping[str, Any]] = (),
     start_step: int = 0,
-    precision: str = "32-true",
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``model`` with the module's hyper-parameters ``hp``, and its per-step
-    :func:`warmup_cosine` × :func:`growth_lr_factor` schedule over ``total_steps``, its next
-    step being ``start_step`` (a schedule rebuilt after a growth continues where it was).
-    The AdamW kernel is the fused one where :func:`fused_adamw` allows it (Lightning's
-    ``precision`` decides).
-
-    Weight decay applies to matrices (embeddings, projections) only: decaying biases and norm
-    gains pulls them towards 0, which is not a prior anyone wants.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    matrices, vectors = _group_decays(hp)
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": matrices},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": vectors},
-    ]
-    fused = fused_adamw({p.device.type for p in params}, precision)
-    optimizer = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]), fused=fused)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = hp["lr"]  # LambdaLR's base, needed to start at start_step
-    schedule = functools.partial(
-        scheduled_lr,
-        warmup_steps=hp["warmup_steps"],
-        total_steps=total_steps,
-        min_ratio=hp["min_lr_ratio"],
-        growths=tuple(growths),
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-step schedule of ``config`` × :func:`growth_lr_factor` over ``total_steps``, its
+    next step being ``start_step`` (a schedule rebuilt after a growth continues where it was)."""
+    shape = functools.partial(instantiate(_plain(config)).func, **settings(config))
+    multiplier = functools.partial(
+        scheduled_lr, shape=shape, total_steps=total_steps, growths=tuple(growths)
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=start_step - 1)
-    return optimizer, scheduler
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier, last_epoch=start_step - 1)
+
+
+def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as ``instantiate`` makes a bare partial of it (settings are passed at call)."""
+    return {"_target_": config["_target_"], "_partial_": True}
 
 
 def fused_adamw(device_types: set[str], precision: str) -> bool | None:
@@ -57,24 +104,27 @@ def fused_adamw(device_types: set[str], precision: str) -> bool | None:
     return (device_types == {"cuda"} and not precision.startswith("16")) or None
 
 
-def _group_decays(hp: Mapping[str, Any]) -> tuple[float, float]:
-    """Weight decay of the two parameter groups: matrices, then biases and norm gains."""
-    return hp["weight_decay"], 0.0
-
-
 def follow_hyperparameters(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
-    hp: Mapping[str, Any],
+    config: Mapping[str, Any],
 ) -> None:
-    """Make an optimizer and schedule restored from a checkpoint follow ``hp``: lr (the
-    schedule's base), betas and weight decay; the learning rate of the next step is then
+    """Make an optimizer and schedule restored from a checkpoint follow this run's optimiser
+    ``config``: lr (the schedule's base), weight decay (matrices only) and every other setting
+    the param groups hold (betas, momentum …); the learning rate of the next step is then
     ``lr · schedule(step)``, the schedule being this run's (its length from this run's
     ``trainer.max_steps``). Without this a resume keeps the checkpoint's values, whatever the
     command line says."""
-    for group, decay in zip(optimizer.param_groups, _group_decays(hp), strict=True):
-        group.update(initial_lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=decay)
-    scheduler.base_lrs = [hp["lr"]] * len(optimizer.param_groups)
+    given = settings(config)
+    for index, group in enumerate(optimizer.param_groups):
+        for name, value in given.items():
+            if name == "lr":
+                group["initial_lr"] = value
+            elif name == "weight_decay":
+                group[name] = value if index == 0 else 0.0
+            elif name in group:
+                group[name] = value
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
     step = scheduler.last_epoch
     lrs = [
         base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
@@ -86,14 +136,12 @@ def follow_hyperparameters(
 
 def scheduled_lr(
     step: int,
-    warmup_steps: int,
+    shape: Callable[..., float],
     total_steps: int,
-    min_ratio: float,
     growths: tuple[Mapping[str, Any], ...],
 ) -> float:
-    """LR multiplier of optimizer step ``step``: ``warmup_cosine × growth_lr_factor``."""
-    cosine = warmup_cosine(step, warmup_steps, total_steps, min_ratio)
-    return cosine * growth_lr_factor(step, growths)
+    """LR multiplier of optimizer step ``step``: ``shape(step, total_steps) × growth_lr_factor``."""
+    return shape(step, total_steps=total_steps) * growth_lr_factor(step, growths)
 
 
 def growth_lr_factor(step: int, growths: tuple[Mapping[str, Any], ...]) -> float:
@@ -109,10 +157,12 @@ def growth_lr_factor(step: int, growths: tuple[Mapping[str, Any], ...]) -> float
     return math.prod(g["lr_scale"] for g in past) * warmup
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+def warmup_cosine(
+    step: int, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.1
+) -> float:
     """LR multiplier: ``(step+1)/warmup`` during warmup, then ``min + (1−min)·½(1+cos(π·progress))``
     where progress runs from 0 after warmup to 1 at ``total_steps``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -15,6 +15,7 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcess
 from bitlm.core.errors import BitLMError
 from bitlm.model.config import ModelConfig
 from bitlm.model.expand import carry_optimizer_state, grow_to
+from bitlm.training.protocols import Growable
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,11 @@ class AdaptiveExpansion(L.Callback):
                 "adaptive expansion cannot run under a spawning strategy (trainer=ddp_sim, "
                 "strategy=ddp_spawn): the launching process gets the trained weights back into "
                 "its own, ungrown model. Use trainer=ddp (processes launched as scripts)"
+            )
+        if not isinstance(pl_module, Growable):
+            raise BitLMError(
+                f"adaptive expansion grows a BitLMModule's model; {type(pl_module).__name__} "
+                "cannot install a grown model: drop callbacks=expansion"
             )
         config = pl_module.model.config
         if config.use_act and "depth" in self.order:

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import lightning as L
-
-from bitlm.core.errors import BitLMError
 from bitlm.training.callbacks.schedule import StepSchedule
 
 
 class DiffusionCurriculum(StepSchedule):
-    """Sets ``BitLMModule.noise_level`` ν, the upper end of the training noise times
+    """Sets ``Knobs.noise_level`` ν, the upper end of the training noise times
     t ~ U(0, ν), before every training batch, decaying it from ``start`` to ``end`` over
     ``steps`` optimiser steps (``StepSchedule``: linear or cosine; default: the run's
     ``trainer.max_steps``). Early steps see every noise level, later ones ever fewer heavily
     masked windows. Logged as ``train/noise_level``; exact on resume.
     """
 
-    attribute = "noise_level"
+    knob = "noise_level"
+    refusal = (
+        "the diffusion curriculum sets the noise level of diffusion training: use "
+        "model.mode=diffusion (experiment=diffusion), or drop the diffusion_curriculum "
+        "callback"
+    )
     bounds = (0.0, 1.0, False)
 
     def __init__(
         self, start: float = 1.0, end: float = 0.5, shape: str = "linear", steps: int | None = None
     ) -> None:
         super().__init__(start, end, shape, steps)
-
-    def check_module(self, pl_module: L.LightningModule) -> None:
-        if not getattr(pl_module, "diffusion", False):
-            raise BitLMError(
-                "the diffusion curriculum sets the noise level of diffusion training: use "
-                "model.mode=diffusion (experiment=diffusion), or drop the diffusion_curriculum "
-                "callback"
-            )

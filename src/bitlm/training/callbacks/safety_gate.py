@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from bitlm.core.errors import BitLMError
-from bitlm.generation.safety import DriftWatch, SafetyGate
+from bitlm.generation import DriftWatch, SafetyGate
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ ACTIONS = ("warn", "stop", "rollback")
 
 class SafetyGateCallback(L.Callback):
     """Feeds ``telemetry/C`` and ``telemetry/S`` (logged by ``BitLMModule`` every step, averaged
-    over ranks here) into a :class:`~bitlm.generation.safety.SafetyGate`; when it fires, on every rank:
+    over ranks here) into a :class:`~bitlm.generation.SafetyGate`; when it fires, on every rank:
 
     * ``warn``: log a warning and count it (``safety/fired``);
     * ``stop``: stop training (the usual end-of-fit checkpoint and export still run);

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.tensorboard.summary import hparams
 
 from bitlm.core.bits import bits_to_text
-from bitlm.generation.sample import sample
+from bitlm.generation import GenerationOptions, sample
 from bitlm.model.transformer import capture_internals, evaluating
 from bitlm.telemetry.metrics import activation_stats, attention_entropy, lz76_complexity, negentropy
 
@@ -92,8 +92,8 @@ class TelemetryMonitor(L.Callback):
             return
         # every rank samples (same seed, same weights; a sharded model's forward is a
         # collective); rank 0 logs
-        generator = torch.Generator(pl_module.device).manual_seed(trainer.global_step)
-        bits = sample(pl_module.model, b"", self.sample_bytes, generator=generator).bits
+        options = GenerationOptions(seed=trainer.global_step)
+        bits = sample(pl_module.model, b"", self.sample_bytes, options).bits
         if not trainer.is_global_zero:
             return
         step = trainer.global_step

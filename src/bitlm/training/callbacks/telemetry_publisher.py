@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from bitlm.core.background import BackgroundTask
 from bitlm.core.errors import BitLMError
-from bitlm.serve import MAX_TELEMETRY_METRICS, valid_metric_name
+from bitlm.telemetry.names import MAX_TELEMETRY_METRICS, valid_metric_name
 
 
 class TelemetryPublisher(L.Callback):

@@ -21,15 +21,27 @@ one-bit-per-step sampler; the ``diffusion_steps``-step sampler below is an appro
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
 
 from bitlm.core.bits import DATA_BITS, FRAME_BITS
-from bitlm.model.noise import mask_exactly
+from bitlm.core.errors import BitLMError
+from bitlm.model.config import ModelConfig
+from bitlm.model.noise import (
+    corrupt,
+    corruption_rate,
+    frame_predictions,
+    mask_exactly,
+    sample_noise_times,
+)
 from bitlm.model.transformer import MASK, TransformerLM
+from bitlm.objectives.base import Knobs, Objective, Output
+from bitlm.objectives.losses import BitsPerByte
 
 
 def masked_cross_entropy(logits: Tensor, bits: Tensor, masked: Tensor) -> Tensor:
@@ -81,3 +93,67 @@ def elbo_bits(
     logits, _ = model(bits.long().masked_fill(masked, MASK), causal=False)
     ce = masked_cross_entropy(logits, bits, masked).sum(1) / math.log(2)
     return ce * L / counts.to(ce.device)
+
+
+class DiffusionObjective(Objective):
+    """Masked denoising (``model.mode=diffusion``): the mean cross-entropy of the masked bits
+    (parity bits included: they are part of the joint the bound covers) of windows corrupted at
+    noise time t ~ U(0, ``Knobs.noise_level``), which the ``DiffusionCurriculum`` lowers over
+    training. Metrics: ``bit_acc`` (argmax accuracy on the masked data bits) and, in
+    validation (t ~ U(0, 1), seeded by the batch index), ``bpb``: the any-order upper bound
+    ``elbo_bits`` on the model's bits per byte.
+
+    Telemetry reads ``frame_predictions`` (each frame predicted with itself masked: on clean
+    input the model would see the bits it predicts) on the first ``telemetry_windows`` windows
+    of a training batch (two extra passes without gradients) and on every validation window;
+    ``telemetry_windows=None``: no telemetry, no extra passes."""
+
+    metrics: ClassVar[dict[str, Callable[[], Metric]]] = {"bit_acc": MeanMetric, "bpb": BitsPerByte}
+    knobs = frozenset({"noise_level"})
+
+    def __init__(self, telemetry_windows: int | None = 4) -> None:
+        if telemetry_windows is not None and telemetry_windows < 1:
+            raise BitLMError(
+                f"module.diffusion_telemetry_windows must be >= 1, got {telemetry_windows}"
+            )
+        self.telemetry_windows = telemetry_windows
+
+    @staticmethod
+    def check_model(config: ModelConfig) -> None:
+        if config.mode != "diffusion":
+            raise BitLMError("masked denoising trains model.mode=diffusion models")
+
+    def training_step(self, model: nn.Module, bits: Tensor, knobs: Knobs) -> Output:
+        out = self._denoise(model, bits, knobs.noise_level)
+        if self.telemetry_windows is not None:
+            out.seen = bits[: self.telemetry_windows]
+            out.predictions = _predictions(model, out.seen)
+        return out
+
+    def validation_step(self, model: nn.Module, bits: Tensor, batch_idx: int) -> Output:
+        generator = torch.Generator(bits.device).manual_seed(batch_idx)
+        out = self._denoise(model, bits, 1.0, generator)
+        window_bits = elbo_bits(model, bits, generator)  # bound on −log2 p(window)
+        n_bytes = bits.size(1) // FRAME_BITS
+        out.metrics["bpb"] = ((window_bits / n_bytes)[:, None].expand(-1, n_bytes),)
+        if self.telemetry_windows is not None:
+            out.seen, out.predictions = bits, _predictions(model, bits)
+        return out
+
+    def _denoise(
+        self, model: nn.Module, bits: Tensor, noise_level: float, generator=None
+    ) -> Output:
+        """Loss and masked-bit accuracy of denoising bits corrupted at t ~ U(0, noise_level)."""
+        t = sample_noise_times(bits.size(0), noise_level, generator, bits.device)
+        rate = corruption_rate(model.config.noise_schedule, t)
+        noisy, masked = corrupt(bits, rate, generator)
+        logits, aux = model(noisy, causal=False)
+        stats = denoising_stats(logits, bits, masked)
+        metrics = {"bit_acc": (stats.correct / stats.count, stats.count)} if stats.count else {}
+        return Output(denoising_loss(logits, bits, masked), metrics, aux=aux)
+
+
+def _predictions(model: nn.Module, bits: Tensor) -> Tensor:
+    """``frame_predictions`` without gradients: extra passes that only telemetry reads."""
+    with torch.no_grad():
+        return frame_predictions(model, bits)

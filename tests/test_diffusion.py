@@ -250,7 +250,11 @@ def test_diffusion_telemetry_reads_frame_predictions_and_kcs_losses_are_refused(
     bits = bytes_to_bits(ENGLISH.encode()[:64]).view(2, -1)
     changed = bits.clone()
     changed[0, :FRAME_BITS] ^= 1  # a frame's own bits do not move its telemetry predictions
-    first, second = module._telemetry_logits(bits), module._telemetry_logits(changed)
+    module.eval()
+    predictions = [
+        module.objective.validation_step(module.model, b, 0).predictions for b in (bits, changed)
+    ]
+    first, second = predictions
     assert torch.allclose(first[0, :FRAME_BITS], second[0, :FRAME_BITS])
     assert not torch.allclose(first[0, FRAME_BITS:], second[0, FRAME_BITS:])
     with pytest.raises(BitLMError, match="trained on masked bits only"):
@@ -327,7 +331,7 @@ class _RecordNoise(L.Callback):
         self.stop_at = stop_at
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        self.levels[trainer.global_step] = pl_module.noise_level
+        self.levels[trainer.global_step] = pl_module.knobs.noise_level
         if trainer.global_step == self.stop_at:
             trainer.should_stop = True
 

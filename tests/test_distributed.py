@@ -81,7 +81,7 @@ FSDP_TRAIN = (
     "trainer.val_check_interval=3",
     "trainer.precision=32-true",
     "module.scheduler.warmup_steps=2",
-    "module.scheduler.min_lr_ratio=1.0",  # constant LR after warm-up: the schedule ignores max_steps
+    "module.scheduler.min_lr_ratio=1.0",  # constant LR after warm-up: max_steps is ignored
     "logger=none",
 )
 

@@ -21,7 +21,7 @@ from bitlm.io.folder import (
 from bitlm.io.hub import HUB_PREFIX, hub_errors, push_to_hub, snapshot
 from bitlm.io.load import load_model
 from bitlm.io.quantize import SCHEMES, prepare_qat, quantize
-from bitlm.io.state import check_finite, nonfinite_weights
+from bitlm.io.weights import check_finite, nonfinite_weights
 
 __all__ = [
     "FORMAT",

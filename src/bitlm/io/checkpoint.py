@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from bitlm.core.errors import BitLMError
-from bitlm.io.state import check_finite, reason, with_state
+from bitlm.io.weights import check_finite, reason, with_state
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 

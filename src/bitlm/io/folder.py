@@ -23,7 +23,7 @@ from bitlm.core.errors import BitLMError
 from bitlm.core.files import staged_dir
 from bitlm.io.card import write_card
 from bitlm.io.quantize import quantize
-from bitlm.io.state import reason, with_state
+from bitlm.io.weights import reason, with_state
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 

@@ -24,7 +24,7 @@ from bitlm.io.folder import (
     read_config,
     read_folder,
 )
-from bitlm.io.state import reason
+from bitlm.io.weights import reason
 
 HUB_PREFIX = "hf://"
 # what a download takes from a repository: the model, its card, a distilled model's metrics

@@ -68,7 +68,9 @@ class Objective(ABC):
     knobs: ClassVar[frozenset[str]] = frozenset()
     """The ``Knobs`` fields it reads: a callback moving another one is refused."""
     bit_predictions: ClassVar[bool] = True
-    """Whether it predicts bits, so K/C/S telemetry and its regularisers apply."""
+    """Whether it predicts bits, so K/C/S telemetry applies."""
+    regularisable: ClassVar[bool] = True
+    """Whether K/C/S losses may shape its predictions (next-bit predictions only)."""
 
     @staticmethod
     @abstractmethod

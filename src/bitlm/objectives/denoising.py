@@ -110,6 +110,7 @@ class DiffusionObjective(Objective):
 
     metrics: ClassVar[dict[str, Callable[[], Metric]]] = {"bit_acc": MeanMetric, "bpb": BitsPerByte}
     knobs = frozenset({"noise_level"})
+    regularisable = False  # its telemetry reads frame predictions, not next-bit ones
 
     def __init__(self, telemetry_windows: int | None = 4) -> None:
         if telemetry_windows is not None and telemetry_windows < 1:

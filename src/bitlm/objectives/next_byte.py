@@ -24,6 +24,7 @@ from bitlm.objectives.losses import BitsPerByte, byte_cross_entropy
 class ByteObjective(Objective):
     metrics: ClassVar[dict[str, Callable[[], Metric]]] = {"bpb": BitsPerByte}
     bit_predictions = False
+    regularisable = False
 
     @staticmethod
     def check_model(config: ModelConfig) -> None:

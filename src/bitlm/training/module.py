@@ -87,7 +87,9 @@ class BitLMModule(ModelHost):
         self.knobs = check_knobs(Knobs(noise_level, compress_prob), self.objective)
         kcs, self.ponder = KCSLoss(lambda_K, lambda_C, lambda_S), PonderCost(ponder_weight)
         bits_predicted = self.objective.bit_predictions
-        check_kcs_options(kcs, bits_predicted, symbiosis_reference, reference_model, telemetry)
+        check_kcs_options(
+            kcs, self.objective.regularisable, symbiosis_reference, reference_model, telemetry
+        )
         self.telemetry = KCSTelemetry(kcs) if telemetry and bits_predicted else None
         check_health_options(max_bad_steps, loss_spike_factor)
         self.health = TrainingHealth(spike_factor=loss_spike_factor)

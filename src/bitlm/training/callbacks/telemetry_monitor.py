@@ -57,7 +57,7 @@ class TelemetryMonitor(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps or not getattr(pl_module, "bit_model", False):
+        if step % self.every_n_steps or pl_module.model.config.unit != "bit":
             return
         model = pl_module.model
         # every rank runs the probe (a sharded model's forward is a collective); rank 0 logs
@@ -88,7 +88,7 @@ class TelemetryMonitor(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.sample_bytes:
             return
-        if not getattr(pl_module, "bit_model", False):
+        if pl_module.model.config.unit != "bit":
             return
         # every rank samples (same seed, same weights; a sharded model's forward is a
         # collective); rank 0 logs

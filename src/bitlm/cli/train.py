@@ -101,7 +101,14 @@ def _evaluator(cfg: DictConfig, trainer: L.Trainer) -> L.Trainer:
     )
 
 
-def _summary(output_dir, steps, trainer, module, datamodule, final) -> dict[str, Any]:
+def _summary(
+    output_dir: Path,
+    steps: int,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    final: list[dict[str, float]],
+) -> dict[str, Any]:
     """The JSON line's figures of a finished run."""
     return {
         "run_dir": str(output_dir),

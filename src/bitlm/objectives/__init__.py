@@ -3,6 +3,8 @@ loss and named metrics out. ``next_bit`` (causal bit models, both trunks), ``nex
 byte-level baseline), ``denoising`` (diffusion mode); ``regularisers`` holds the terms the
 training loop adds (K/C/S, ACT's ponder cost); ``losses`` the cross-entropies and bpb."""
 
+import dataclasses
+
 from bitlm.core.errors import BitLMError
 from bitlm.model.config import ModelConfig
 from bitlm.objectives.base import Knobs, Objective, Output
@@ -31,12 +33,15 @@ def objective_for(
 
 
 def check_knobs(knobs: Knobs, objective: Objective) -> Knobs:
-    """``knobs``, refused when one the objective does not read is set away from its default."""
-    if knobs.compress_prob > 0 and "compress_prob" not in objective.knobs:
-        raise BitLMError(
-            "compressed inputs (module.compress_prob) are read by causal bit models through "
-            "forward_compressed: set module.compress_prob=0 for this model"
-        )
+    """``knobs``, refused when one the objective does not read is set away from its default:
+    a setting that would be silently ignored."""
+    for field in dataclasses.fields(Knobs):
+        value = getattr(knobs, field.name)
+        if field.name not in objective.knobs and value != field.default:
+            raise BitLMError(
+                f"module.{field.name}={value} means nothing for this model "
+                f"({type(objective).__name__} does not read it): leave it at {field.default}"
+            )
     return knobs
 
 

@@ -65,11 +65,11 @@ def build_optimizer(
         {"params": [p for p in params if p.dim() >= 2]},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    factory = instantiate(_plain(config))
+    factory = instantiate({**config, "_partial_": True}, _convert_="all")
     extra = {}
     if factory.func is torch.optim.AdamW and "fused" not in config:
         extra["fused"] = fused_adamw({p.device.type for p in params}, precision)
-    optimizer = factory(groups, **settings(config), **extra)
+    optimizer = factory(groups, **extra)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]  # LambdaLR's base, needed to start at start_step
     return optimizer
@@ -84,16 +84,11 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The per-step schedule of ``config`` × :func:`growth_lr_factor` over ``total_steps``, its
     next step being ``start_step`` (a schedule rebuilt after a growth continues where it was)."""
-    shape = functools.partial(instantiate(_plain(config)).func, **settings(config))
+    shape = instantiate({**config, "_partial_": True}, _convert_="all")
     multiplier = functools.partial(
         scheduled_lr, shape=shape, total_steps=total_steps, growths=tuple(growths)
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier, last_epoch=start_step - 1)
-
-
-def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config as ``instantiate`` makes a bare partial of it (settings are passed at call)."""
-    return {"_target_": config["_target_"], "_partial_": True}
 
 
 def fused_adamw(device_types: set[str], precision: str) -> bool | None:

@@ -28,7 +28,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bitlm.bench.loops import lightning_seconds
+from bitlm.bench.loops import TimedRun, lightning_seconds
 from bitlm.bench.measure import corpus_batches
 from bitlm.bench.plots import save, subplots
 from bitlm.core.errors import BitLMError
@@ -64,7 +64,7 @@ def calibrate_steps(overrides: list[str], budget_s: float, fill: float, probe_st
     del module_kwargs["_target_"], module_kwargs["model"]
     # the first steps build kernels and fill caches: untimed, or short probes under-count speed
     skip = min(max(1, probe_steps // 4), probe_steps - 1)
-    seconds = lightning_seconds(
+    run = TimedRun(
         instantiate(cfg.model),
         corpus_batches(probe_steps, cfg.data.batch_size, cfg.data.seq_len),
         resolve_precision(cfg.trainer.precision),
@@ -72,6 +72,7 @@ def calibrate_steps(overrides: list[str], budget_s: float, fill: float, probe_st
         pick_device("auto"),
         module_kwargs,
     )
+    seconds = lightning_seconds(run)
     return max(1, int(fill * budget_s * (probe_steps - skip) / seconds))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bitlm.bench.loops import plain_seconds
+from bitlm.bench.loops import TimedRun, plain_seconds
 from bitlm.bench.measure import corpus_bytes, in_fresh_process, median, peak_memory, timings
 from bitlm.data.prepare import file_sources, prepare
 from bitlm.model.config import ModelConfig
@@ -88,7 +88,8 @@ def run_dataloader(
         loader_s = median([s for s, _ in seconds]) / loader_batches
         batches = seconds[0][1]
         progress(f"training: {steps} steps of the model on the same batches")
-        train_s = plain_seconds(config, batches[: steps + 2], precision, 2, device, {}) / steps
+        timed = TimedRun(config, batches[: steps + 2], precision, 2, device)
+        train_s = plain_seconds(timed) / steps
     return {
         "repeats": repeats,
         "batch_size": batch_size,

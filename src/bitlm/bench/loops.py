@@ -5,6 +5,7 @@ benchmarks time."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -45,28 +46,40 @@ class _StepTimer(L.Callback):
             self.end = time.perf_counter()
 
 
+@dataclasses.dataclass(frozen=True)
+class TimedRun:
+    """What both loops time: training steps on ``batches[untimed:]`` (the first ``untimed``
+    build kernels and fill caches) of the model and objective ``BitLMModule(config,
+    **module_kwargs)`` builds, at ``precision`` on ``device``."""
+
+    config: ModelConfig
+    batches: list[torch.Tensor]
+    precision: str
+    untimed: int
+    device: torch.device
+    module_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def module(self) -> BitLMModule:
+        return BitLMModule(self.config, **self.module_kwargs)
+
+
 def lightning_seconds(
-    config: ModelConfig,
-    batches: list[torch.Tensor],
-    precision: str,
-    untimed: int,
-    device: torch.device,
-    module_kwargs: dict[str, Any],
+    run: TimedRun,
     callbacks: list[L.Callback] = (),
     logger: Logger | bool = False,
     batch_shape: tuple[int, int] | None = None,
 ) -> float:
-    """Seconds ``Trainer.fit`` spends on ``batches[untimed:]`` (one optimiser step per batch),
+    """Seconds ``Trainer.fit`` spends on the timed batches of ``run`` (one optimiser step each),
     with ``callbacks`` and ``logger`` besides the timer; with ``batch_shape``, the module knows
     the model FLOPs of its batches, as in a run (``BitLMModule.count_flops``)."""
-    module = BitLMModule(config, **module_kwargs)
+    module = run.module()
     module.count_flops(batch_shape)
-    timer = _StepTimer(untimed, len(batches) - 1, device)
+    timer = _StepTimer(run.untimed, len(run.batches) - 1, run.device)
     trainer = L.Trainer(
-        accelerator=device.type,
+        accelerator=run.device.type,
         devices=1,
-        precision=precision,
-        max_steps=len(batches),
+        precision=run.precision,
+        max_steps=len(run.batches),
         logger=logger,
         callbacks=[*callbacks, timer],
         enable_checkpointing=False,
@@ -77,7 +90,7 @@ def lightning_seconds(
     )
     with warnings.catch_warnings():  # training only, on purpose
         warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-        trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+        trainer.fit(module, train_dataloaders=DataLoader(run.batches, batch_size=None))
     return timer.end - timer.start
 
 
@@ -110,23 +123,16 @@ def plain_step(
     return model, step
 
 
-def plain_seconds(
-    config: ModelConfig,
-    batches: list[torch.Tensor],
-    precision: str,
-    untimed: int,
-    device: torch.device,
-    module_kwargs: dict[str, Any],
-) -> float:
-    """Seconds the plain loop (:func:`plain_step`) spends on ``batches[untimed:]``."""
-    _, step = plain_step(config, precision, len(batches), device, module_kwargs)
+def plain_seconds(run: TimedRun) -> float:
+    """Seconds the plain loop (:func:`plain_step`) spends on the timed batches of ``run``."""
+    _, step = plain_step(run.config, run.precision, len(run.batches), run.device, run.module_kwargs)
     start = 0.0
-    for index, batch in enumerate(batches):
-        if index == untimed:
-            synchronize(device)
+    for index, batch in enumerate(run.batches):
+        if index == run.untimed:
+            synchronize(run.device)
             start = time.perf_counter()
         step(batch)
-    synchronize(device)
+    synchronize(run.device)
     return time.perf_counter() - start
 
 

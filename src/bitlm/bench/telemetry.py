@@ -38,7 +38,7 @@ import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bitlm.bench.loops import lightning_seconds
+from bitlm.bench.loops import TimedRun, lightning_seconds
 from bitlm.bench.measure import corpus_batches, median, timings
 from bitlm.core.bits import DATA_BITS, FRAME_BITS
 from bitlm.data import windows
@@ -68,42 +68,15 @@ def run(
 ) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     batches = corpus_batches(steps, batch_size, config.max_seq_len, seed)
-    variants = {
-        "off": ({"telemetry": False}, []),
-        "on": ({}, []),
-        "every_step": ({}, [TelemetryMonitor(every_n_steps=1, sample_bytes=0)]),
-        "instrumented": ({}, [_throughput_monitor(), Progress(every_n_steps=1, interactive=False)]),
-    }
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
-    with tempfile.TemporaryDirectory() as logs:
-        for repeat in range(repeats):  # alternate, so drift in machine speed hits all alike
-            for name, (module_kwargs, callbacks) in variants.items():
-                progress(f"repeat {repeat + 1}/{repeats}: {name}")
-                torch.manual_seed(seed)
-                logger = TensorBoardLogger(logs, name=f"{name}_{repeat}")
-                seconds[name].append(
-                    lightning_seconds(
-                        config,
-                        batches,
-                        precision,
-                        untimed_steps,
-                        device,
-                        module_kwargs,
-                        callbacks,
-                        logger,
-                        batch_shape=(batch_size, config.max_seq_len),
-                    )
-                    / (steps - untimed_steps)
-                )
+    timed = TimedRun(config, batches, precision, untimed_steps, device)
+    seconds = _variant_seconds(timed, every_n_steps, repeats, seed, progress)
     step = {name: median(values) for name, values in seconds.items()}
     per_step = step["on"] / step["off"] - 1
     monitor = (step["every_step"] - step["on"]) / (every_n_steps * step["off"])
-    instrumented = step["instrumented"] / step["off"] - 1 + monitor
     flop_count_s = median(
         timings(lambda: batch_flops(config, batch_size, config.max_seq_len, True), repeats)
     )
     lz76_s, lz76_step_s = _lz76_seconds(config, device, precision, lz76_batch, lz76_bits, repeats)
-    sample_s = _sample_seconds(config, device, sample_bytes, repeats, seed)
     return {
         "precision": precision,
         "batch_size": batch_size,
@@ -116,7 +89,7 @@ def run(
         "overhead": per_step + monitor,
         "overhead_per_step_telemetry": per_step,
         "overhead_monitor_amortised": monitor,
-        "overhead_instrumented": instrumented,
+        "overhead_instrumented": step["instrumented"] / step["off"] - 1 + monitor,
         "flop_count_seconds": flop_count_s,
         "monitor_probe_seconds": step["every_step"] - step["on"],
         "lz76": {
@@ -126,9 +99,43 @@ def run(
             "training_step_seconds": lz76_step_s,
             "per_training_step": lz76_s / lz76_step_s,
         },
-        "validation_sample": {"bytes": sample_bytes, "seconds": sample_s},
+        "validation_sample": {
+            "bytes": sample_bytes,
+            "seconds": _sample_seconds(config, device, sample_bytes, repeats, seed),
+        },
         "seconds": seconds,
     }
+
+
+def _variant_seconds(
+    timed: TimedRun,
+    every_n_steps: int,
+    repeats: int,
+    seed: int,
+    progress: Callable[[str], None],
+) -> dict[str, list[float]]:
+    """Seconds per training step of each variant (``off``, ``on``, ``every_step``,
+    ``instrumented``), one fit each per repeat, alternated so that drift in machine speed hits
+    all alike; each fit logs to its own TensorBoard directory."""
+    variants = {
+        "off": ({"telemetry": False}, []),
+        "on": ({}, []),
+        "every_step": ({}, [TelemetryMonitor(every_n_steps=1, sample_bytes=0)]),
+        "instrumented": ({}, [_throughput_monitor(), Progress(every_n_steps=1, interactive=False)]),
+    }
+    batch_shape = (len(timed.batches[0]), timed.config.max_seq_len)
+    timed_steps = len(timed.batches) - timed.untimed
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as logs:
+        for repeat in range(repeats):
+            for name, (module_kwargs, callbacks) in variants.items():
+                progress(f"repeat {repeat + 1}/{repeats}: {name}")
+                torch.manual_seed(seed)
+                logger = TensorBoardLogger(logs, name=f"{name}_{repeat}")
+                variant = dataclasses.replace(timed, module_kwargs=module_kwargs)
+                fit_s = lightning_seconds(variant, callbacks, logger, batch_shape)
+                seconds[name].append(fit_s / timed_steps)
+    return seconds
 
 
 def _throughput_monitor() -> ThroughputMonitor:
@@ -153,8 +160,8 @@ def _lz76_seconds(
     sample = batches[0].to(device)
     lz76 = median(timings(lambda: lz76_complexity(sample), repeats, device=device))
     wide = dataclasses.replace(config, max_seq_len=max(seq_len, config.max_seq_len))
-    step = lightning_seconds(wide, batches, precision, 1, device, {"telemetry": False}) / 2
-    return lz76, step
+    step = lightning_seconds(TimedRun(wide, batches, precision, 1, device, {"telemetry": False}))
+    return lz76, step / 2
 
 
 def _sample_seconds(

@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from bitlm.bench.loops import PRECISIONS, lightning_seconds, plain_seconds, plain_step, utilisation
+from bitlm.bench.loops import (
+    PRECISIONS,
+    TimedRun,
+    lightning_seconds,
+    plain_seconds,
+    plain_step,
+    utilisation,
+)
 from bitlm.bench.measure import corpus_batches, median, synchronize
 from bitlm.bench.memory import STACKS as STACK_FIELDS
 from bitlm.core.errors import BitLMError
@@ -87,10 +94,11 @@ def lightning_overhead(
     results = {}
     for precision in precisions:
         seconds: dict[str, list[float]] = {"lightning": [], "plain": []}
+        run = TimedRun(config, batches, precision, untimed_steps, device)
         for _ in range(repeats):  # alternate, so drift in machine speed hits both alike
             for name, loop in (("lightning", lightning_seconds), ("plain", plain_seconds)):
                 torch.manual_seed(seed)
-                seconds[name].append(loop(config, batches, precision, untimed_steps, device, {}))
+                seconds[name].append(loop(run))
         bytes_per_s = {name: n_bytes / median(s) for name, s in seconds.items()}
         steps_per_s = bytes_per_s["lightning"] / (batch_size * config.max_bytes)
         results[precision] = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,27 +29,21 @@ FINAL_STEP_KEY = "trainer/final_step"
 
 
 class BitLMModule(ModelHost):
-    """Trains the model ``build_model(model)`` on its objective (``bitlm.objectives``: next bit,
-    next byte or masked denoising, chosen by the model config) and logs what it returns:
-    ``<stage>/loss`` and ``<stage>/<metric>`` (``val/bpb`` is monitored).
+    """Trains ``build_model(model)`` on the objective its config chooses (``bitlm.objectives``:
+    next bit, next byte or masked denoising); logs what it returns as ``<stage>/<metric>``.
 
-    Added to the objective's loss: ``ponder_weight`` × ACT's ponder cost, and for objectives
-    that predict bits the K/C/S regularisers ``λ_K·|K − K_data| + λ_C·|C − C_data| + λ_S·(1 −
-    S)`` (``bitlm.objectives.regularisers``; all λ 0 by default). With ``telemetry`` it logs
-    ``telemetry/{K,C,S,K_data,C_data}`` every step (the safety gate reads C and S) and
-    ``val/{K,C,S}``; S compares with the training data's per-position marginals
-    (``symbiosis_reference=marginal``, estimated at fit start, saved with the checkpoint) or a
-    frozen ``reference_model`` (``model``). ``knobs`` (``Knobs``: noise level, compression
-    probability) are what curricula and ramps move.
+    The loss adds ``ponder_weight`` × ACT's ponder cost and, for objectives that predict bits,
+    ``λ_K·|K − K_data| + λ_C·|C − C_data| + λ_S·(1 − S)`` (``objectives.regularisers``; λ 0 by
+    default). ``telemetry`` logs ``telemetry/{K,C,S,K_data,C_data}`` every step (the safety gate
+    reads them) and ``val/{K,C,S}``; S compares with the training data's per-position marginals
+    (``symbiosis_reference=marginal``, saved with the checkpoint) or a frozen
+    ``reference_model``. ``knobs`` (``Knobs``) are what curricula and ramps move.
 
-    Optimiser and schedule: ``optimizer`` and ``scheduler`` configs (``bitlm.training.optim``;
-    AdamW with warm-up and cosine decay by default), followed on resume. Exact resume: every
-    training batch seeds the global RNG from the run's seed, the global batch number and the
-    rank (``resume.step_seed``). Growth: ``init_from`` starts from a trained model grown to
-    ``model``; the ``AdaptiveExpansion`` callback grows it during training (``install_model``,
-    ``record_growth``: the LR scaled by ``lr_scale`` and re-warmed). Bad steps (NaN, inf or a
-    loss spike over ``loss_spike_factor`` × its running mean) are dropped before the optimiser
-    step and stop the run after ``max_bad_steps`` in a row (``bitlm.training.health``).
+    ``optimizer`` / ``scheduler``: ``bitlm.training.optim`` (AdamW, warm-up, cosine), followed
+    on resume. Exact resume: each training batch seeds the RNG from the run's seed, the global
+    batch number and the rank (``resume.step_seed``). Growth: ``init_from`` and ``ModelHost``.
+    Bad steps (NaN, inf, a loss over ``loss_spike_factor`` × its running mean) are dropped, and
+    ``max_bad_steps`` in a row stop the run (``bitlm.training.health``).
     """
 
     def __init__(
@@ -132,8 +125,8 @@ class BitLMModule(ModelHost):
         ):
             optim.follow_hyperparameters(optimizer, config.scheduler, self.hparams.optimizer)
 
-    def on_fit_start(self) -> None:
-        self.run_seed = torch.initial_seed()  # what seed_everything set, before step seeding
+    def on_fit_start(self) -> None:  # the seed seed_everything set, before step seeding
+        self.run_seed = torch.initial_seed()
 
     def on_train_end(self) -> None:
         """Leave the step count where the launching process finds it (``ddp_spawn`` sends the
@@ -203,16 +196,5 @@ class BitLMModule(ModelHost):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """``optimizer`` and ``scheduler`` (``bitlm.training.optim``), stepped every batch."""
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError(
-                "set trainer.max_steps or trainer.max_epochs: the LR schedule needs it"
-            )
-        optimizer = optim.build_optimizer(self, self.hparams.optimizer, str(self.trainer.precision))
-        scheduler = optim.build_scheduler(
-            optimizer, self.hparams.scheduler, int(total), self.growths, self.global_step
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        hp = self.hparams
+        return optim.lightning_optimizers(self, hp.optimizer, hp.scheduler, self.growths)

@@ -91,6 +91,24 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier, last_epoch=start_step - 1)
 
 
+def lightning_optimizers(
+    module: torch.nn.Module,
+    optimizer: Mapping[str, Any],
+    scheduler: Mapping[str, Any],
+    growths: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """What ``configure_optimizers`` of a LightningModule returns: ``optimizer`` over its
+    parameters and ``scheduler`` over the trainer's estimated steps, stepped every batch and
+    continuing at the module's ``global_step`` (a rebuild after a growth)."""
+    trainer = module.trainer
+    total = trainer.estimated_stepping_batches
+    if not math.isfinite(total):
+        raise ValueError("set trainer.max_steps or trainer.max_epochs: the LR schedule needs it")
+    built = build_optimizer(module, optimizer, str(trainer.precision))
+    schedule = build_scheduler(built, scheduler, int(total), growths, module.global_step)
+    return {"optimizer": built, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
 def fused_adamw(device_types: set[str], precision: str) -> bool | None:
     """True (AdamW's fused kernel: one launch for all parameters, the fastest AdamW in torch)
     when every parameter is on CUDA, except under fp16 autocast: its gradient scaler cannot

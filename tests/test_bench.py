@@ -7,7 +7,14 @@ import pytest
 import torch
 from scipy import stats
 
-from bitlm.bench.compare import markdown_table, parse_variants, summarize, welch
+from bitlm.bench.compare import (
+    file_table,
+    markdown_table,
+    parse_variants,
+    per_file,
+    summarize,
+    welch,
+)
 from bitlm.bench.memory import saved_activation_bytes
 from bitlm.core.errors import BitLMError
 from bitlm.model import build_model
@@ -157,6 +164,10 @@ def test_compare_trains_variants_over_seeds_and_writes_table_and_plot(
     assert 0 <= versus["welch"]["p"] <= 1
     assert set(report["references"]) == {"gzip-9", "bzip2-9", "xz-9e", "zstd-19"}
     assert "| byte |" in (out / "table.md").read_text()
+    file_bpb = report["summary"]["byte"]["file_bpb"]["held_out.txt"]  # the one file: as a whole
+    assert file_bpb["mean"] == pytest.approx(report["summary"]["byte"]["eval_bpb"]["mean"])
+    assert file_bpb["gap"] == pytest.approx(versus["gap"])
+    assert "| variant | held_out.txt |" in (out / "table.md").read_text()
     assert _is_png(out / "compare.png")
     assert (out / "results.json").is_file() and (out / "bit" / "seed_2" / "model").is_dir()
 
@@ -227,6 +238,23 @@ def test_summary_means_gaps_and_welch_match_scipy():
     assert "| bit | 3.200 ± 0.200 |" in table and "| gzip-9 (compressor) | 2.700 |" in table
     assert "| 10 ± 0 | — | — |" in table  # bit's bytes/s; no gap to itself
     assert summarize({"a": runs["bit"][:1]})["a"]["eval_bpb"]["std"] is None  # JSON null
+
+
+def test_per_file_table_gives_each_held_out_text_its_gap():
+    def rows(legal, code):
+        pairs = zip(legal, code, strict=True)
+        return [{"file_bpb": {"legal.txt": a, "code.py": b}} for a, b in pairs]
+
+    first, other = rows([3.0, 3.2], [4.0, 4.0]), rows([2.7, 2.9], [4.4, 4.4])
+    files = per_file(other, first)
+    assert files["legal.txt"]["mean"] == pytest.approx(2.8)
+    assert files["legal.txt"]["gap"] == pytest.approx(2.8 / 3.1 - 1)  # better on legal text …
+    assert files["code.py"]["gap"] == pytest.approx(0.1)  # … and 10 % worse on code
+    summary = {"a": {"file_bpb": per_file(first, first)}, "b": {"file_bpb": files}}
+    table = file_table(summary, {"legal.txt": {"gzip-9": 2.5}, "code.py": {"gzip-9": 2.0}})
+    assert "| variant | legal.txt | code.py |" in table
+    assert "| b | 2.800 ± 0.141 (-9.7%) | 4.400 ± 0.000 (+10.0%) |" in table
+    assert "| gzip-9 (compressor) | 2.500 | 2.000 |" in table
 
 
 def test_telemetry_reports_overhead_at_the_cadence_and_lz76_speed(run_cli, tmp_path):

@@ -63,12 +63,14 @@ def test_eval_reports_bpb_per_file_and_gzip_reference(trained_run, run_cli, engl
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.json
-    assert set(out) == {"bpb", "bytes", "files", "references", "size_bytes", "quantization"}
+    keys = {"bpb", "bytes", "files", "references", "file_references", "size_bytes", "quantization"}
+    assert set(out) == keys
     assert out["size_bytes"] > 100_000 and out["quantization"] is None
     assert out["bytes"] == english_file.stat().st_size
     assert out["files"] == {"held_out.txt": pytest.approx(out["bpb"])}
     assert 0 < out["bpb"] < 8.5
     assert 0 < out["references"]["gzip-9"] < 8
+    assert out["file_references"] == {"held_out.txt": out["references"]}  # one file: the same
 
 
 def test_eval_same_number_from_checkpoint_and_export(trained_run, run_cli, english_file):

@@ -33,6 +33,7 @@ VARIANTS = {
     "plain": {"reversible": False},
     "hierarchical": {"trunk": "hierarchical"},
     "local-transformer": {"trunk": "hierarchical", "local_decoder": "transformer"},
+    "shared-frames": {"trunk": "hierarchical", "frame_embedding": "both", "tree_head": "prefix"},
     "byte": {"unit": "byte"},
     "diffusion": {"mode": "diffusion"},
     "act": {"use_act": True},

@@ -40,6 +40,13 @@ def tiny(**overrides) -> ModelConfig:
         (dict(unit="byte", trunk="hierarchical"), "model.trunk=flat"),
         (dict(trunk="hierarchical", local_d_model=30, local_n_heads=4), "local_d_model"),
         (dict(trunk="hierarchical", local_n_layers=0), "local_n_layers"),
+        (dict(trunk="hierarchical", frame_embedding="onehot"), "frame_embedding must be one of"),
+        (dict(frame_embedding="byte"), "option of the hierarchical trunk"),
+        (dict(unit="byte", tree_head="prefix"), "option of the hierarchical trunk"),
+        (
+            dict(trunk="hierarchical", local_decoder="transformer", tree_head="prefix"),
+            "model.local_decoder=tree",
+        ),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -142,10 +149,18 @@ def test_reversible_backward_under_bf16_autocast(trunk):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("trunk", TRUNKS)
-def test_forward_predicts_each_bit_from_its_prefix_only(trunk):
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"trunk": "flat"},
+        {"trunk": "hierarchical"},
+        {"trunk": "hierarchical", "frame_embedding": "byte", "tree_head": "prefix"},
+        {"trunk": "hierarchical", "frame_embedding": "both"},
+    ],
+)
+def test_forward_predicts_each_bit_from_its_prefix_only(variant):
     torch.manual_seed(0)
-    model = build_model(tiny(trunk=trunk)).eval()
+    model = build_model(tiny(**variant)).eval()
     bits = torch.randint(0, 2, (1, 72))
     changed = bits.clone()
     changed[0, 40:] ^= 1  # from the middle of frame 4 on
@@ -177,12 +192,15 @@ def test_hierarchical_trunk_runs_once_per_byte_and_computes_parity():
         model(bits, causal=False)
 
 
-@pytest.mark.parametrize("local_decoder", ["tree", "transformer"])
-def test_hierarchical_bit_probabilities_form_one_distribution_over_bytes(local_decoder):
+@pytest.mark.parametrize(
+    "decoder",
+    [{"local_decoder": "tree"}, {"tree_head": "prefix"}, {"local_decoder": "transformer"}],
+)
+def test_hierarchical_bit_probabilities_form_one_distribution_over_bytes(decoder):
     """Π_j p(b_j | b_<j) over the 8 data bits, summed over all 256 bytes, is 1: the in-frame
     decoder is a proper autoregressive factorisation, whatever its weights."""
     torch.manual_seed(0)
-    model = build_model(tiny(trunk="hierarchical", local_decoder=local_decoder)).eval()
+    model = build_model(tiny(trunk="hierarchical", **decoder)).eval()
     prefix = bytes_to_bits(b"ctx")
     frames = torch.stack([torch.cat((prefix, bytes_to_bits(bytes([v])))) for v in range(256)])
     with torch.no_grad():
@@ -202,6 +220,45 @@ def test_tree_decoder_reads_the_node_of_each_prefix():
     nodes = TreeDecoder(tiny())(node_logits, symbols)[0, :, 0] / 2
     prefix_values = [int("".join(map(str, data[:j])) or "0", 2) for j in range(8)]
     assert nodes.tolist() == [2**j - 1 + v for j, v in enumerate(prefix_values)]
+
+
+def test_byte_frame_embedding_reads_the_byte_value_and_a_row_for_masked_frames():
+    from bitlm.model.hierarchical import byte_rows
+
+    torch.manual_seed(0)
+    frames = bytes_to_bits(b"Aa\xff")[None].view(1, 3, 9)
+    start = torch.full((1, 1, 9), 2)  # the all-MASK start frame
+    assert byte_rows(torch.cat((start, frames), 1)).tolist() == [[256, 65, 97, 255]]
+    both = build_model(tiny(trunk="hierarchical", frame_embedding="both"))
+    expected = both.embed_bits(frames) + both.byte_embedding.weight[[65, 97, 255]]
+    torch.testing.assert_close(both.embed_frames(frames), expected)
+    byte = build_model(tiny(trunk="hierarchical", frame_embedding="byte"))
+    assert not hasattr(byte, "frame_embedding")  # no bit table: the byte row alone
+    torch.testing.assert_close(
+        byte.embed_frames(frames), byte.byte_embedding.weight[None, [65, 97, 255]]
+    )
+
+
+def test_prefix_tree_head_shares_terms_along_the_prefix():
+    """Node 5 (prefix b_0 = 1, b_1 = 0) sums its depth term D[2] and P[2, 0, 1], P[2, 1, 0];
+    with the shared terms at zero the head is a free linear map of its residual rows."""
+    from bitlm.model.hierarchical import DATA_BITS, PrefixTreeHead, prefix_incidence
+
+    incidence = prefix_incidence()
+    prefix_terms = [(j, i, v) for j in range(DATA_BITS) for i in range(j) for v in (0, 1)]
+    column = {t: 2 * DATA_BITS + 2 * k for k, t in enumerate(prefix_terms)}
+    expected = {2 * 2, column[2, 0, 1], column[2, 1, 0]}
+    assert set(incidence[2 * 5].nonzero().flatten().tolist()) == expected
+    assert incidence.sum(1).tolist() == [
+        1 + (n + 1).bit_length() - 1 for n in range(255) for _ in (0, 1)
+    ]
+    head = PrefixTreeHead(16, bias=False)
+    h = torch.randn(3, 16)
+    torch.testing.assert_close(head(h), h @ (incidence @ head.shared).T)  # R starts at zero
+    with torch.no_grad():
+        head.shared.zero_()
+        head.weight.normal_()
+    torch.testing.assert_close(head(h), h @ head.weight.T)
 
 
 def _greedy_uncached(model, prompt: bytes, n_bytes: int) -> bytes:
@@ -264,6 +321,22 @@ def test_generate_stops_at_stop_string_and_handles_empty_prompt(trunk):
     stop = full[5:7]
     cut = generate(model, b"", 30, GenerationOptions(temperature=0, stop=stop))
     assert cut == full[: full.index(stop)]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"temperature": float("nan")}, "temperature must be a finite number"),
+        ({"temperature": -0.5}, "temperature must be >= 0"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"diffusion_steps": True}, "diffusion_steps must be a positive integer"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"mode": "beam"}, "mode must be one of"),
+    ],
+)
+def test_generation_options_name_the_bad_setting(options, message):
+    with pytest.raises(BitLMError, match=message):
+        GenerationOptions(**options)
 
 
 def test_byte_baseline_is_causal_over_bytes_and_scores_every_byte():

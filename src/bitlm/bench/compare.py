@@ -163,6 +163,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         entry["steps"] = statistics.fmean(row["steps"] for row in rows)
         entry["seconds"] = statistics.fmean(row["seconds"] for row in rows)
         entry["bytes_per_s"] = mean_std([row["train_bytes"] / row["seconds"] for row in rows])
+        if "file_bpb" in rows[0]:
+            entry["file_bpb"] = per_file(rows, runs[first])
         if name != first:
             for metric in METRICS:
                 ours = [row[metric] for row in runs[first]]
@@ -173,6 +175,32 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 }
         table[name] = entry
     return table
+
+
+def per_file(rows: list[dict[str, Any]], first: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per eval file: mean ± std of the variant's bpb over seeds, and its gap to the first
+    variant (``mean(this) / mean(first) − 1``): the held-out texts of different kinds apart."""
+    files: dict[str, Any] = {}
+    for file in rows[0]["file_bpb"]:
+        ours = [row["file_bpb"][file] for row in rows]
+        base = statistics.fmean(row["file_bpb"][file] for row in first)
+        files[file] = {**mean_std(ours), "gap": statistics.fmean(ours) / base - 1.0}
+    return files
+
+
+def file_table(summary: dict[str, Any], references: dict[str, dict[str, float]]) -> str:
+    """Markdown: bpb per eval file (columns) and variant (rows), the gap to the first variant in
+    brackets, then the compressors on each file."""
+    files = list(next(iter(summary.values()))["file_bpb"])
+    lines = ["| variant | " + " | ".join(files) + " |", "|---" * (len(files) + 1) + "|"]
+    for i, (name, entry) in enumerate(summary.items()):
+        cells = [entry["file_bpb"][f] for f in files]
+        shown = [_pm(c) + ("" if i == 0 else f" ({c['gap']:+.1%})") for c in cells]
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    for ref in next(iter(references.values()), {}):
+        row = " | ".join(f"{references[f][ref]:.3f}" for f in files)
+        lines.append(f"| {ref} (compressor) | {row} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(summary: dict[str, Any], references: dict[str, float]) -> str:
@@ -286,6 +314,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {}
     references: dict[str, float] = {}
+    file_references: dict[str, dict[str, float]] = {}
     for name, overrides in variants.items():
         overrides = [*common_overrides, *overrides]
         steps = calibrate_steps(overrides, budget_s, fill, probe_steps)
@@ -294,7 +323,8 @@ def run(
         runs[name] = train_variant(name, overrides, seeds, steps, budget_s, val_checks, out)
         for row in runs[name]:
             scored = evaluate_run(row["model_dir"], eval_files, eval_batch_size)
-            row["eval_bpb"], references = scored["bpb"], scored["references"]
+            row["eval_bpb"], row["file_bpb"] = scored["bpb"], scored["files"]
+            references, file_references = scored["references"], scored["file_references"]
     summary = summarize(runs)
     result = {
         "budget_s": budget_s,
@@ -303,11 +333,13 @@ def run(
         "variants": variants,
         "summary": summary,
         "references": references,
+        "file_references": file_references,
         "runs": runs,
         "table": str(out / "table.md"),
         "plot": str(out / "compare.png"),
     }
-    write_atomic(out / "table.md", markdown_table(summary, references).encode())
+    tables = markdown_table(summary, references) + "\n" + file_table(summary, file_references)
+    write_atomic(out / "table.md", tables.encode())
     plot(runs, references, out / "compare.png")
     write_atomic(out / "results.json", json.dumps(result, indent=2).encode())
     return result

@@ -38,6 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ref: sum(refs[ref] * len(texts[name]) for name, refs in per_file_refs.items()) / n_bytes
         for ref in next(iter(per_file_refs.values()))
     }
+    report["file_references"] = per_file_refs
     if cfg.compare:
         report["compare"] = {
             str(path): {

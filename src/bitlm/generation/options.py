@@ -9,6 +9,7 @@ options give the same bits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,9 @@ class GenerationOptions:
                 f"diffusion_steps must be a positive integer, got {self.diffusion_steps!r}"
             )
         for key in ("temperature", "top_p", "choice_temperature"):
-            if not is_number(getattr(self, key), (int, float)):
-                raise BitLMError(f"{key} must be a number, got {getattr(self, key)!r}")
+            value = getattr(self, key)
+            if not is_number(value, (int, float)) or not math.isfinite(value):
+                raise BitLMError(f"{key} must be a finite number, got {value!r}")
         if self.temperature < 0:
             raise BitLMError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -5,7 +5,7 @@ reads or writes a model goes through these names.
 Modules: ``folder`` (the exported folder: config.json, weights, quantized weights), ``card``
 (its README.md model card), ``checkpoint`` (``bitlm-train``'s ``.ckpt`` files and sharded
 folders), ``hub`` (download, upload, Hub errors), ``load`` (``load_model``, which takes any of
-them), ``state`` (weights into a model: strict, finite), ``quantize`` (QAT, int8 / int4)."""
+them), ``weights`` (weights into a model: strict, finite), ``quantize`` (QAT, int8 / int4)."""
 
 from bitlm.io.checkpoint import checkpoint_step
 from bitlm.io.folder import (

@@ -11,6 +11,8 @@ from bitlm.core.bits import FRAME_BITS, frames_in
 from bitlm.core.errors import BitLMError
 
 NOISE_SCHEDULES = ("linear", "cosine", "exp")
+FRAME_EMBEDDINGS = ("bits", "byte", "both")
+TREE_HEADS = ("free", "prefix")
 """Names of the corruption-rate schedules of diffusion mode (``bitlm.model.noise.SCHEDULES``)."""
 
 
@@ -73,6 +75,14 @@ class ModelConfig:
     local_d_model: int = 64
     local_n_heads: int = 2
     local_n_layers: int = 1
+    # trunk="hierarchical": how a frame enters the global stack. "bits": e = Σ_k E[k, s_k], a
+    # row per (position in frame, symbol); "byte": a row per byte value (a frame holding a MASK
+    # has its own row); "both": their sum (experiments/generalization)
+    frame_embedding: str = "bits"
+    # local_decoder="tree": the head's weights for the 255 nodes. "free": one independent row
+    # pair per node; "prefix": each node's rows = a term for its depth + a term for each bit of
+    # its prefix (shared by every node with that bit there) + a free residual
+    tree_head: str = "free"
     # torch.compile the model for training (BitLMModule.configure_model, in place: parameter
     # names and checkpoints stay as without it); loading a model for inference ignores it
     compile: bool = False
@@ -156,6 +166,7 @@ class ModelConfig:
             raise BitLMError(
                 f"model.local_decoder must be 'tree' or 'transformer', got {self.local_decoder!r}"
             )
+        self._validate_frame_options()
         if self.mode not in ("causal", "diffusion"):
             raise BitLMError(f"model.mode must be 'causal' or 'diffusion', got {self.mode!r}")
         if self.noise_schedule not in NOISE_SCHEDULES:
@@ -177,6 +188,26 @@ class ModelConfig:
             raise BitLMError(
                 "model.use_act (ACT halting) is for bit models; the byte-level baseline is the "
                 "plain reference: set model.use_act=false"
+            )
+
+    def _validate_frame_options(self) -> None:
+        """``frame_embedding`` and ``tree_head``: named choices of the hierarchical trunk."""
+        for name, choices, default in (
+            ("frame_embedding", FRAME_EMBEDDINGS, "bits"),
+            ("tree_head", TREE_HEADS, "free"),
+        ):
+            value = getattr(self, name)
+            if value not in choices:
+                raise BitLMError(f"model.{name} must be one of {list(choices)}, got {value!r}")
+            if value != default and (self.unit, self.trunk) != ("bit", "hierarchical"):
+                raise BitLMError(
+                    f"model.{name}={value} is an option of the hierarchical trunk: set "
+                    f"model.trunk=hierarchical or leave model.{name}={default}"
+                )
+        if self.tree_head != "free" and (self.local_decoder, self.mode) != ("tree", "causal"):
+            raise BitLMError(
+                "model.tree_head=prefix shapes the causal tree decoder's head: set "
+                "model.local_decoder=tree and model.mode=causal, or model.tree_head=free"
             )
 
     def _validate_settings(self) -> None:

@@ -65,7 +65,7 @@ _WIDTH_AXES: tuple[tuple[str, tuple[tuple[int, str, bool], ...]], ...] = (
     (r"g\.fc\.bias$", ((0, "ff", False),)),
     (r"g\.proj\.weight$", ((0, "residual", False), (1, "ff", True))),
     (r"(attn|g)\.proj\.bias$", ((0, "residual", False),)),
-    (r"^(head|trunk\.halting\.units\.\d+)\.weight$", ((1, "residual", True),)),
+    (r"^(head|trunk\.halting\.units\.\d+)\.(weight|shared)$", ((1, "residual", True),)),
     (r"^(head|trunk\.halting\.units\.\d+)\.bias$", ()),
 )
 _NEW_BLOCK_ZEROS = re.compile(r"(attn|g)\.proj\.(weight|bias)$")

@@ -6,11 +6,13 @@ MEGABYTE's patch models, with a patch of one 9-bit frame)::
 
     bits (B, 9n) → frames (B, n, 9) of symbols 0 / 1 / MASK
       → frame embedding  e_i = Σ_k E[k, s_ik]                 k = position in the frame, 0 … 8
+                         (frame_embedding=bits; "byte": E_byte[byte_i]; "both": the sum)
       → global trunk     causal over frames, inputs [START, e_0 … e_{n-2}] (reversible or plain)
       → LayerNorm → Linear(d_model, context_size)   c_i: everything known before frame i
       → in-frame decoder bit j of frame i from c_i and b_0 … b_{j-1}; all frames in parallel
            tree          (default) c_i holds two logits for each of the 255 prefixes; bit j
-                         reads those of its prefix (a hierarchical softmax over the bit tree)
+                         reads those of its prefix (a hierarchical softmax over the bit tree);
+                         tree_head=prefix shares the head's rows across nodes (PrefixTreeHead)
            transformer   a causal stack of ``local_*`` size over the 8 data-bit positions,
                          inputs c_ij + E_bit[s_j] + E_pos[j] with s = [START, b_0 … b_6]
       → parity           computed, never predicted: logits ±PARITY_LOGIT for b_0 ⊕ … ⊕ b_7
@@ -40,7 +42,7 @@ from bitlm.core.bits import DATA_BITS, FRAME_BITS
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack
 from bitlm.model.config import ModelConfig
-from bitlm.model.transformer import TransformerLM, init_weights, shift_right
+from bitlm.model.transformer import MASK, TransformerLM, init_weights, shift_right
 
 PARITY_LOGIT = 20.0
 """Half the logit gap of a computed parity bit: p(parity = b_0 ⊕ … ⊕ b_7) = σ(40) ≈ 1 − 4e-18,
@@ -49,6 +51,7 @@ so its cross-entropy is 0 in float32 and sampling it always gives even parity.""
 SYMBOLS = 3  # 0, 1, MASK
 TREE_NODES = 2**DATA_BITS - 1
 """Internal nodes of the binary tree over a frame's 8 data bits: one per prefix b_0 … b_{j-1}."""
+BYTE_ROWS = 2**DATA_BITS + 1  # frame_embedding=byte: 256 byte values and a masked frame
 
 
 class TreeDecoder(nn.Module):
@@ -114,14 +117,62 @@ class TransformerDecoder(nn.Module):
         return self.head(self.norm(self.stack(x, self.rope(0, T), causal=True)))
 
 
+class PrefixTreeHead(nn.Module):
+    """``tree_head=prefix``: the global head of the tree decoder with weights shared across
+    nodes. The two logit rows of node n at depth j with prefix b_0 … b_{j-1} are::
+
+        W[n] = R[n] + D[j] + Σ_{i<j} P[j, i, b_i]        logits_n = W[n] · h (+ bias)
+
+    D: a term per depth, P: a term per (depth, earlier position, bit value), R: a free residual
+    per node (zero at initialisation). With R alone it is the free head (same function class);
+    the shared terms let every node learn from the frames that pass through nodes differing
+    from it in a few prefix bits: rarely visited nodes (most of the 255) inherit what frequent
+    ones learnt, e.g. a letter's lower bits are predicted alike whatever its case bit. ``A``
+    (255·2 × terms, fixed 0/1) selects each node's terms, so ``W = R + A · S`` costs one small
+    matrix product per forward.
+    """
+
+    def __init__(self, d_model: int, bias: bool) -> None:
+        super().__init__()
+        incidence = prefix_incidence()
+        self.weight = nn.Parameter(torch.zeros(2 * TREE_NODES, d_model))  # R
+        self.shared = nn.Parameter(torch.randn(incidence.size(1), d_model) * 0.02 / DATA_BITS**0.5)
+        self.bias = nn.Parameter(torch.zeros(2 * TREE_NODES)) if bias else None
+        self.register_buffer("incidence", incidence, persistent=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        weight = self.weight + self.incidence.to(self.shared.dtype) @ self.shared
+        return F.linear(h, weight, self.bias)
+
+
+def prefix_incidence() -> Tensor:
+    """``A`` of ``PrefixTreeHead``: row 2n + o (node n in heap order, output o) has a 1 at the
+    term of its depth D[j, o] and at P[j, i, b_i, o] for each bit b_i of its prefix."""
+    depth_terms = 2 * DATA_BITS
+    prefix_terms = [(j, i, v) for j in range(DATA_BITS) for i in range(j) for v in (0, 1)]
+    index = {term: depth_terms + 2 * k for k, term in enumerate(prefix_terms)}
+    incidence = torch.zeros(2 * TREE_NODES, depth_terms + 2 * len(prefix_terms))
+    for node in range(TREE_NODES):
+        depth = (node + 1).bit_length() - 1  # heap order: 2^j − 1 … 2^(j+1) − 2 at depth j
+        path = node + 1 - 2**depth  # the prefix b_0 … b_{j-1} as a j-bit number
+        for o in (0, 1):
+            incidence[2 * node + o, 2 * depth + o] = 1
+            for i in range(depth):
+                bit = path >> (depth - 1 - i) & 1
+                incidence[2 * node + o, index[depth, i, bit] + o] = 1
+    return incidence
+
+
 LOCAL_DECODERS = {"tree": TreeDecoder, "transformer": TransformerDecoder}
 
 
 class HierarchicalBitLM(TransformerLM):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        # one table for (position in frame, symbol): index 3·k + s
-        self.frame_embedding = nn.Embedding(FRAME_BITS * SYMBOLS, config.d_model)
+        if config.frame_embedding != "byte":  # one table for (position, symbol): index 3·k + s
+            self.frame_embedding = nn.Embedding(FRAME_BITS * SYMBOLS, config.d_model)
+        if config.frame_embedding != "bits":  # a row per byte value, and one for a masked frame
+            self.byte_embedding = nn.Embedding(BYTE_ROWS, config.d_model)
         if config.mode == "diffusion":  # every bit of the frame at once: 9 × 2 logits
             self._build_trunk_and_head(config, n_outputs=2 * FRAME_BITS)
             self.local = None
@@ -130,6 +181,8 @@ class HierarchicalBitLM(TransformerLM):
             self._build_trunk_and_head(config, n_outputs=decoder.context_size(config))
             # built after the trunk's initialisation: a decoder initialises itself for its depth
             self.local = decoder(config)
+            if config.tree_head == "prefix":
+                self.head = PrefixTreeHead(config.d_model, config.bias)
         offsets = SYMBOLS * torch.arange(FRAME_BITS)
         self.register_buffer("symbol_offsets", offsets, persistent=False)
 
@@ -169,13 +222,30 @@ class HierarchicalBitLM(TransformerLM):
         return self._trunk_and_head(self.embed_frames(frames), start, causal=causal, caches=caches)
 
     def embed_frames(self, frames: Tensor) -> Tensor:
-        """``e_i = Σ_k E[3·k + s_ik]`` (B, T, d_model) for frames (B, T, 9), as one
-        ``embedding_bag`` sum over each frame's 9 rows: the same values as gathering the
-        (B, T, 9, d_model) rows and summing them, without materialising that tensor forward or
-        its gradient backward (9× the size of the output)."""
+        """The frame embeddings (B, T, d_model) of frames (B, T, 9) of symbols: the bit sum, the
+        byte row, or both (``frame_embedding``)."""
+        kind = self.config.frame_embedding
+        if kind == "byte":
+            return self.byte_embedding(byte_rows(frames))
+        bits = self.embed_bits(frames)
+        return bits if kind == "bits" else bits + self.byte_embedding(byte_rows(frames))
+
+    def embed_bits(self, frames: Tensor) -> Tensor:
+        """``e_i = Σ_k E[3·k + s_ik]``, as one ``embedding_bag`` sum over each frame's 9 rows:
+        the same values as gathering the (B, T, 9, d_model) rows and summing them, without
+        materialising that tensor forward or its gradient backward (9× the output's size)."""
         rows = (frames + self.symbol_offsets).flatten(0, 1)  # (B·T, 9)
         bags = F.embedding_bag(rows, self.frame_embedding.weight, mode="sum")
         return bags.unflatten(0, frames.shape[:2])
+
+
+def byte_rows(frames: Tensor) -> Tensor:
+    """Rows of the byte table for frames (…, 9) of symbols: the byte value of the 8 data bits
+    (MSB first), or 256 for a frame holding a MASK (the start frame, diffusion's noise)."""
+    data = frames[..., :DATA_BITS]
+    weights = 2 ** torch.arange(DATA_BITS - 1, -1, -1, device=frames.device)
+    values = (data * weights).sum(-1)
+    return torch.where((frames == MASK).any(-1), BYTE_ROWS - 1, values)
 
 
 def parity_logits(data: Tensor) -> Tensor:

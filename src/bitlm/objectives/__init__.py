@@ -17,17 +17,26 @@ def objective_for(
     config: ModelConfig,
     include_parity_loss: bool = False,
     telemetry_windows: int | None = 4,
+    label_smoothing: float = 0.0,
 ) -> Objective:
     """The objective a model of ``config`` trains with: masked denoising for
     ``mode=diffusion``, next-byte prediction for ``unit=byte``, next-bit prediction otherwise.
     ``telemetry_windows``: windows of a diffusion training batch that telemetry reads (None:
-    telemetry off)."""
+    telemetry off); ``label_smoothing``: ε of the causal objectives' training loss
+    (``losses.smoothed_ce``)."""
+    if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+        raise BitLMError(f"module.label_smoothing must be in [0, 1), got {label_smoothing!r}")
     if config.mode == "diffusion":
+        if label_smoothing:
+            raise BitLMError(
+                "module.label_smoothing smooths the causal objectives' targets; diffusion "
+                "trains on masked bits: leave it at 0.0"
+            )
         objective: Objective = DiffusionObjective(telemetry_windows)
     elif config.unit == "byte":
-        objective = ByteObjective()
+        objective = ByteObjective(label_smoothing)
     else:
-        objective = CausalBitObjective(include_parity_loss)
+        objective = CausalBitObjective(include_parity_loss, label_smoothing)
     objective.check_model(config)
     return objective
 

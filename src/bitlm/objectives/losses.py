@@ -25,31 +25,45 @@ from bitlm.core.errors import BitLMError
 
 
 def bit_cross_entropy(
-    logits: Tensor, bits: Tensor, include_parity: bool = False
+    logits: Tensor, bits: Tensor, include_parity: bool = False, label_smoothing: float = 0.0
 ) -> tuple[Tensor, Tensor]:
     """Next-bit cross-entropy of logits (B, L, 2) against bits (B, L), L = 9·n.
 
     Returns ``(loss, byte_bits)``: the mean CE in nats over the trained positions (data bits
-    only unless ``include_parity``), and the CE in bits of each byte, (B, n), summed over its
-    8 data bits (detached; bpb is its mean).
+    only unless ``include_parity``), smoothed by ``label_smoothing`` (``smoothed_ce``), and the
+    plain CE in bits of each byte, (B, n), summed over its 8 data bits (detached; bpb is its
+    mean).
     """
-    ce = F.cross_entropy(logits.float().flatten(0, 1), bits.long().flatten(), reduction="none")
-    frames = ce.view(*bits.shape[:-1], -1, FRAME_BITS)  # (B, n, 9), nats
-    data = frames[..., :DATA_BITS]
-    loss = frames.mean() if include_parity else data.mean()
-    return loss, data.detach().sum(-1) / math.log(2)
+    ce, trained = smoothed_ce(logits, bits, label_smoothing)
+    frames, smooth = (x.view(*bits.shape[:-1], -1, FRAME_BITS) for x in (ce, trained))
+    loss = smooth.mean() if include_parity else smooth[..., :DATA_BITS].mean()
+    return loss, frames[..., :DATA_BITS].detach().sum(-1) / math.log(2)
 
 
-def byte_cross_entropy(logits: Tensor, byte_values: Tensor) -> tuple[Tensor, Tensor]:
+def byte_cross_entropy(
+    logits: Tensor, byte_values: Tensor, label_smoothing: float = 0.0
+) -> tuple[Tensor, Tensor]:
     """256-way cross-entropy of logits (B, n, 256) against byte values (B, n).
 
     Returns ``(loss, byte_bits)`` as ``bit_cross_entropy`` does; the loss is in nats per byte.
     """
-    ce = F.cross_entropy(
-        logits.float().flatten(0, 1), byte_values.long().flatten(), reduction="none"
-    )
-    ce = ce.view(byte_values.shape)
-    return ce.mean(), ce.detach() / math.log(2)
+    ce, trained = smoothed_ce(logits, byte_values, label_smoothing)
+    return trained.mean(), ce.detach() / math.log(2)
+
+
+def smoothed_ce(logits: Tensor, targets: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
+    """Per position: the cross-entropy in nats, and the one trained with label smoothing ε::
+
+        CE_ε = (1 − ε)·CE + ε·mean_k(−log p_k)        (k over the K classes: 2 for a bit)
+
+    the cross-entropy against targets that put ε/K on every class (Szegedy et al. 2016). For a
+    bit model it smooths each binary decision of the tree, not the 256-way byte distribution.
+    Both (targets' shape)."""
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    ce = -log_p.gather(-1, targets.long()[..., None]).squeeze(-1)
+    if not epsilon:
+        return ce, ce
+    return ce, (1 - epsilon) * ce - epsilon * log_p.mean(-1)
 
 
 class BitsPerByte(Metric):

@@ -2,7 +2,8 @@
 
 Loss: the mean cross-entropy of each data bit given the bits before it (``bit_cross_entropy``;
 parity targets excluded unless ``include_parity``: they are a function of their frame, so
-learning them teaches nothing about the text). Metric: bpb. With probability
+learning them teaches nothing about the text), in training smoothed by ``label_smoothing``.
+Metric: bpb (never smoothed). With probability
 ``Knobs.compress_prob`` a training batch is read run-length coded (``RunLengthInput``) and its
 bpb is reported as ``bpb_compressed``.
 """
@@ -39,8 +40,9 @@ class CausalBitObjective(Objective):
     }
     knobs = frozenset({"compress_prob"})
 
-    def __init__(self, include_parity: bool = False) -> None:
+    def __init__(self, include_parity: bool = False, label_smoothing: float = 0.0) -> None:
         self.include_parity = include_parity
+        self.label_smoothing = label_smoothing
         self.compressed_input = RunLengthInput()
 
     @staticmethod
@@ -51,12 +53,15 @@ class CausalBitObjective(Objective):
     def training_step(self, model: nn.Module, bits: Tensor, knobs: Knobs) -> Output:
         compress = knobs.compress_prob > 0 and bool(torch.rand(()) < knobs.compress_prob)
         logits, aux = self.compressed_input(model, bits) if compress else model(bits)
-        return self._output(logits, bits, aux, "bpb_compressed" if compress else "bpb")
+        metric = "bpb_compressed" if compress else "bpb"
+        return self._output(logits, bits, aux, metric, self.label_smoothing)
 
     def validation_step(self, model: nn.Module, bits: Tensor, batch_idx: int) -> Output:
         logits, aux = model(bits)
-        return self._output(logits, bits, aux, "bpb")
+        return self._output(logits, bits, aux, "bpb", 0.0)
 
-    def _output(self, logits: Tensor, bits: Tensor, aux: dict[str, Tensor], metric: str) -> Output:
-        loss, byte_bits = bit_cross_entropy(logits, bits, self.include_parity)
+    def _output(
+        self, logits: Tensor, bits: Tensor, aux: dict[str, Tensor], metric: str, smoothing: float
+    ) -> Output:
+        loss, byte_bits = bit_cross_entropy(logits, bits, self.include_parity, smoothing)
         return Output(loss, {metric: (byte_bits,)}, logits, bits, aux)

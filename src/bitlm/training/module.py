@@ -52,6 +52,7 @@ class BitLMModule(ModelHost):
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         include_parity_loss: bool = False,
+        label_smoothing: float = 0.0,
         lambda_K: float = 0.0,
         lambda_C: float = 0.0,
         lambda_S: float = 0.0,
@@ -74,9 +75,8 @@ class BitLMModule(ModelHost):
         self.hparams["optimizer"] = optim.as_config(optimizer, optim.DEFAULT_OPTIMIZER)
         self.hparams["scheduler"] = optim.as_config(scheduler, optim.DEFAULT_SCHEDULER)
         self.val_context: int | None = None  # validate on the first N bits of each window
-        self.objective = objective_for(
-            config, include_parity_loss, diffusion_telemetry_windows if telemetry else None
-        )
+        windows = diffusion_telemetry_windows if telemetry else None
+        self.objective = objective_for(config, include_parity_loss, windows, label_smoothing)
         self.knobs = check_knobs(Knobs(noise_level, compress_prob), self.objective)
         kcs, self.ponder = KCSLoss(lambda_K, lambda_C, lambda_S), PonderCost(ponder_weight)
         bits_predicted = self.objective.bit_predictions
@@ -176,7 +176,7 @@ class BitLMModule(ModelHost):
             metric(*update)  # forward: Lightning logs the batch value on steps
             self.log(f"{stage}/{name}", metric, prog_bar=True)
 
-    def _reference(self, bits: Tensor) -> Tensor:
+    def _reference(self, bits: Tensor) -> Tensor:  # what S compares the model's bits with
         return symbiosis_reference(bits, self.reference_marginal, self.reference_model)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -188,8 +188,7 @@ class BitLMModule(ModelHost):
             self.health.judge_validation(float(self.metrics["val_bpb"].compute()))
 
     def train(self, mode: bool = True) -> BitLMModule:
-        """The reference model stays in eval mode (no dropout) whatever the module's mode."""
-        super().train(mode)
+        super().train(mode)  # the reference model stays in eval mode (no dropout)
         if self.reference_model is not None:
             self.reference_model.eval()
         return self

@@ -154,6 +154,7 @@ def test_compare_trains_variants_over_seeds_and_writes_table_and_plot(
         "seeds=[1,2]",
         "budget_s=2",
         "probe_steps=3",
+        "probe_rounds=1",
         f"eval_files=[{english_file}]",
         f"out_dir={out}",
     )

@@ -7,19 +7,24 @@
 #   bash experiments/generalization/run.sh [OUT] [screen|confirm|all]
 # screen: 13 variants, 1 seed, 120 s each (~40 min on a 2-core CPU); confirm: the candidates
 # the screen kept, with the default and the byte baseline, 3 seeds, 120 s (~45 min).
+# BUDGET=seconds per run (default 120; the confirm run in the README used 100); any extra
+# arguments are bitlm-bench compare overrides.
 set -euo pipefail
 OUT=${1:-experiments/generalization/out}
 STAGE=${2:-all}
+shift $(( $# > 2 ? 2 : $# ))
 BIN=${BIN:-.venv/bin}
 "$BIN/python" experiments/generalization/heldout.py "$OUT/heldout" > /dev/null
+EXTRA=("$@")
+BUDGET=${BUDGET:-120}
 H="$OUT/heldout"
 HELD="eval_files=[$H/legal.txt,$H/changelog.md,$H/code.py,$H/manual.txt]"
 compare() {  # NAME SEEDS VARIANT...
   local name=$1 seeds=$2 variants
   shift 2
   variants=$(printf '"%s",' "$@")
-  "$BIN/bitlm-bench" compare budget_s=120 "seeds=$seeds" "$HELD" out_dir="$OUT/$name" \
-    output="$OUT/$name.json" "variants=[${variants%,}]" > /dev/null
+  "$BIN/bitlm-bench" compare "budget_s=$BUDGET" "seeds=$seeds" "$HELD" out_dir="$OUT/$name" \
+    output="$OUT/$name.json" "variants=[${variants%,}]" "${EXTRA[@]}" > /dev/null
 }
 if [[ $STAGE == screen || $STAGE == all ]]; then
   compare screen '[1]' "default: model=small" "byte_baseline: model=byte_baseline" \
@@ -30,4 +35,10 @@ if [[ $STAGE == screen || $STAGE == all ]]; then
     "wd_0.3: module.optimizer.weight_decay=0.3" "lr_1.5e-3: module.optimizer.lr=1.5e-3" \
     "smooth_0.05: module.label_smoothing=0.05" "lambda_S_0.1: module.lambda_S=0.1" \
     "context_64: model.max_seq_len=576"
+fi
+if [[ $STAGE == confirm || $STAGE == all ]]; then
+  compare confirm '[1,2,3]' "default: model=small" "byte_baseline: model=byte_baseline" \
+    "smooth_0.05: module.label_smoothing=0.05" "lambda_S_0.1: module.lambda_S=0.1" \
+    "byte_smooth_0.05: model=byte_baseline module.label_smoothing=0.05" \
+    "shared_smooth: model.frame_embedding=both model.tree_head=prefix module.label_smoothing=0.05"
 fi

@@ -1,14 +1,19 @@
 """compare: model variants trained for the same wall-clock budget over several seeds, scored on
 held-out text, with mean ± std, Welch's t-test against the first variant, a table and a plot.
 
-A variant is ``"NAME: bitlm-train overrides"`` (e.g. ``"byte: model=byte_baseline"``). Its run
-is a Hydra multirun over the seeds, so the runs are ordinary training runs (checkpoints, exported
-model, TensorBoard) in ``out_dir/<variant>/seed_<seed>``. To give every variant the whole budget
-with a finished learning-rate schedule, its step count is calibrated first: the measured
-seconds per step of that variant (same config, Lightning, a few steps) fill ``fill`` of the
-budget, and ``trainer.max_time`` = the budget stops any run that would overrun. Each exported
-model is then scored with ``bitlm-eval`` on ``eval_files``; the final ``val/bpb`` (the held-out
-split of the training corpus) is reported beside it.
+A variant is ``"NAME: bitlm-train overrides"`` (e.g. ``"byte: model=byte_baseline"``). Its
+runs are ordinary training runs (checkpoints, exported model, TensorBoard) in
+``out_dir/<variant>/seed_<seed>``. To give every variant the whole budget with a finished
+learning-rate schedule, its step count is calibrated first: the measured seconds per step of
+that variant (same config, Lightning, a few steps; the median of ``probe_rounds`` probes, the
+variants alternated) fill ``fill`` of the budget, and
+``trainer.max_time`` = the budget stops any run that would overrun. Runs go seed by seed
+across the variants (seed 1 of every variant, then seed 2, …), so a drift in the machine's
+speed, which on a shared VM moves throughput by ±20 % over minutes, hits every variant alike
+instead of all seeds of one. Each exported model is scored with ``bitlm-eval`` on
+``eval_files``, together and one by one (held-out texts of different kinds: a gain on one may
+be a loss on another); the final ``val/bpb`` (the held-out split of the training corpus) is
+reported beside it.
 """
 
 from __future__ import annotations
@@ -53,8 +58,8 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
     return variants
 
 
-def calibrate_steps(overrides: list[str], budget_s: float, fill: float, probe_steps: int) -> int:
-    """Optimizer steps this variant completes in ``fill × budget_s`` seconds of training."""
+def step_seconds(overrides: list[str], probe_steps: int) -> float:
+    """Seconds per optimizer step of this variant, timed over a short Lightning fit."""
     if GlobalHydra.instance().is_initialized():  # inside bitlm-bench: same config tree
         cfg = hydra.compose("train", overrides=overrides)
     else:
@@ -72,8 +77,20 @@ def calibrate_steps(overrides: list[str], budget_s: float, fill: float, probe_st
         pick_device("auto"),
         module_kwargs,
     )
-    seconds = lightning_seconds(run)
-    return max(1, int(fill * budget_s * (probe_steps - skip) / seconds))
+    return lightning_seconds(run) / (probe_steps - skip)
+
+
+def calibrate(
+    overrides: dict[str, list[str]], seconds: float, probe_steps: int, rounds: int
+) -> dict[str, int]:
+    """Steps each variant completes in ``seconds``: the median over ``rounds`` probes per variant
+    (``step_seconds``), the variants alternated in each round so that they are timed at the same
+    machine speed."""
+    probes: dict[str, list[float]] = {name: [] for name in overrides}
+    for _ in range(rounds):
+        for name, variant in overrides.items():
+            probes[name].append(step_seconds(variant, probe_steps))
+    return {name: max(1, int(seconds / statistics.median(p))) for name, p in probes.items()}
 
 
 def train_variant(
@@ -85,7 +102,8 @@ def train_variant(
     val_checks: int,
     out_dir: Path,
 ) -> list[dict[str, Any]]:
-    """One Hydra multirun of ``bitlm-train`` over ``seeds``; the JSON summary of each run."""
+    """One Hydra multirun of ``bitlm-train`` over ``seeds``; the JSON summary of each run
+    (``run`` calls it one seed at a time)."""
     seconds = math.ceil(budget_s)
     max_time = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
     command = [
@@ -249,14 +267,20 @@ def plot(runs: dict[str, list[dict[str, Any]]], references: dict[str, float], pa
     for i, (name, rows) in enumerate(runs.items()):
         for j, row in enumerate(rows):
             minutes, bpb = learning_curve(row["run_dir"])
-            curves.plot(minutes, bpb, color=colors[i], alpha=0.8, label=name if j == 0 else None)
+            curves.plot(
+                minutes,
+                bpb,
+                color=colors[i % len(colors)],
+                alpha=0.8,
+                label=name if j == 0 else None,
+            )
         values = [row["eval_bpb"] for row in rows]
         stats = mean_std(values)
         bars.bar(
             i,
             stats["mean"],
             yerr=stats["std"] or 0,
-            color=colors[i],
+            color=colors[i % len(colors)],
             alpha=0.6,
             capsize=4,
         )
@@ -304,6 +328,7 @@ def run(
     common_overrides: list[str],
     fill: float = 0.9,
     probe_steps: int = 40,
+    probe_rounds: int = 3,
     val_checks: int = 4,
     eval_batch_size: int = 64,
     progress: Callable[[str], None] | None = None,
@@ -312,25 +337,31 @@ def run(
         raise BitLMError("compare needs at least one variant and one seed")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[dict[str, Any]]] = {}
     references: dict[str, float] = {}
     file_references: dict[str, dict[str, float]] = {}
-    for name, overrides in variants.items():
-        overrides = [*common_overrides, *overrides]
-        steps = calibrate_steps(overrides, budget_s, fill, probe_steps)
-        if progress:
-            progress(f"{name}: {steps} steps fill {fill:.0%} of {budget_s:.0f} s; training …")
-        runs[name] = train_variant(name, overrides, seeds, steps, budget_s, val_checks, out)
-        for row in runs[name]:
+    overrides = {name: [*common_overrides, *extra] for name, extra in variants.items()}
+    steps = calibrate(overrides, budget_s * fill, probe_steps, probe_rounds)
+    if progress:
+        progress(f"steps filling {fill:.0%} of {budget_s:.0f} s: {steps}")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for seed in seeds:  # seed by seed across the variants: drift in machine speed hits all alike
+        for name in variants:
+            if progress:
+                progress(f"{name}, seed {seed}: training …")
+            row = train_variant(
+                name, overrides[name], [seed], steps[name], budget_s, val_checks, out
+            )[0]
             scored = evaluate_run(row["model_dir"], eval_files, eval_batch_size)
             row["eval_bpb"], row["file_bpb"] = scored["bpb"], scored["files"]
             references, file_references = scored["references"], scored["file_references"]
+            runs[name].append(row)
     summary = summarize(runs)
     result = {
         "budget_s": budget_s,
         "seeds": seeds,
         "eval_files": eval_files,
         "variants": variants,
+        "calibrated_steps": steps,
         "summary": summary,
         "references": references,
         "file_references": file_references,
@@ -340,6 +371,6 @@ def run(
     }
     tables = markdown_table(summary, references) + "\n" + file_table(summary, file_references)
     write_atomic(out / "table.md", tables.encode())
-    plot(runs, references, out / "compare.png")
     write_atomic(out / "results.json", json.dumps(result, indent=2).encode())
+    plot(runs, references, out / "compare.png")
     return result

@@ -160,7 +160,7 @@ def _telemetry(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _compare(cfg: DictConfig) -> dict[str, Any]:
-    _check_positive(cfg, "budget_s", "probe_steps", "val_checks", "eval_batch_size")
+    _check_positive(cfg, "budget_s", "probe_steps", "probe_rounds", "val_checks", "eval_batch_size")
     if not 0 < cfg.fill <= 1:
         raise BitLMError(f"fill must be in (0, 1], got {cfg.fill}")
     return compare.run(
@@ -172,6 +172,7 @@ def _compare(cfg: DictConfig) -> dict[str, Any]:
         list(cfg.common_overrides),
         cfg.fill,
         cfg.probe_steps,
+        cfg.probe_rounds,
         cfg.val_checks,
         cfg.eval_batch_size,
         _progress,

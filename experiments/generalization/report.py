@@ -20,7 +20,7 @@ def gaps(result: dict) -> tuple[list[str], dict[str, list[float]]]:
         entry = summary[name]
         texts["val"].append(100 * entry[f"val_bpb_vs_{first}"]["gap"])
         for file, stats in entry["file_bpb"].items():
-            texts.setdefault(file, []).append(100 * stats["gap"])
+            texts.setdefault(Path(file).name, []).append(100 * stats["gap"])
     return others, texts
 
 

@@ -31,8 +31,22 @@ CONFIGS = {
         trunk="hierarchical", n_layers=2, d_model=32, n_heads=2, max_seq_len=72
     ),
     "byte": ModelConfig(unit="byte", n_layers=2, d_model=32, n_heads=2, max_seq_len=72),
+    "shared-frames": ModelConfig(
+        trunk="hierarchical",
+        frame_embedding="both",
+        tree_head="prefix",
+        n_layers=2,
+        d_model=32,
+        n_heads=2,
+        max_seq_len=72,
+    ),
 }
-CLASSES = {"flat": BitTransformerLM, "hierarchical": HierarchicalBitLM, "byte": ByteTransformerLM}
+CLASSES = {
+    "flat": BitTransformerLM,
+    "hierarchical": HierarchicalBitLM,
+    "byte": ByteTransformerLM,
+    "shared-frames": HierarchicalBitLM,
+}
 
 
 def _inputs(config: ModelConfig) -> torch.Tensor:

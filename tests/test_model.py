@@ -259,6 +259,10 @@ def test_prefix_tree_head_shares_terms_along_the_prefix():
         head.shared.zero_()
         head.weight.normal_()
     torch.testing.assert_close(head(h), h @ head.weight.T)
+    with torch.no_grad():  # sampling keeps the composed weight until a parameter changes
+        assert head.composed_weight() is head.composed_weight()  # built once
+        head.shared.normal_()
+        torch.testing.assert_close(head(h), h @ (head.weight + incidence @ head.shared).T)
 
 
 def _greedy_uncached(model, prompt: bytes, n_bytes: int) -> bytes:

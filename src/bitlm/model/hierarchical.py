@@ -139,10 +139,29 @@ class PrefixTreeHead(nn.Module):
         self.shared = nn.Parameter(torch.randn(incidence.size(1), d_model) * 0.02 / DATA_BITS**0.5)
         self.bias = nn.Parameter(torch.zeros(2 * TREE_NODES)) if bias else None
         self.register_buffer("incidence", incidence, persistent=False)
+        self._cached: tuple[tuple[int, ...], Tensor] | None = None  # composed_weight, no grad
 
     def forward(self, h: Tensor) -> Tensor:
-        weight = self.weight + self.incidence.to(self.shared.dtype) @ self.shared
-        return F.linear(h, weight, self.bias)
+        return F.linear(h, self.composed_weight(), self.bias)
+
+    def composed_weight(self) -> Tensor:
+        """``R + A · S``. Without gradients (sampling, evaluation) it is kept until a parameter
+        changes (their in-place version counters): decoding one frame at a time would otherwise
+        rebuild the 510 × d_model matrix at every step, three times the trunk's work at batch 1."""
+        if torch.is_grad_enabled():
+            return self._compose()
+        key = (
+            self.weight._version,
+            self.shared._version,
+            self.weight.data_ptr(),
+            self.shared.data_ptr(),
+        )
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._compose())
+        return self._cached[1]
+
+    def _compose(self) -> Tensor:
+        return self.weight + self.incidence.to(self.shared.dtype) @ self.shared
 
 
 def prefix_incidence() -> Tensor:

@@ -59,11 +59,12 @@ def smoothed_ce(logits: Tensor, targets: Tensor, epsilon: float) -> tuple[Tensor
     the cross-entropy against targets that put ε/K on every class (Szegedy et al. 2016). For a
     bit model it smooths each binary decision of the tree, not the 256-way byte distribution.
     Both (targets' shape)."""
-    log_p = F.log_softmax(logits.float(), dim=-1)
-    ce = -log_p.gather(-1, targets.long()[..., None]).squeeze(-1)
-    if not epsilon:
+    flat = logits.float().flatten(0, -2)
+    ce = F.cross_entropy(flat, targets.long().flatten(), reduction="none").view(targets.shape)
+    if not epsilon:  # the plain loss, computed exactly as before smoothing existed
         return ce, ce
-    return ce, (1 - epsilon) * ce - epsilon * log_p.mean(-1)
+    uniform = -F.log_softmax(flat, dim=-1).mean(-1).view(targets.shape)
+    return ce, (1 - epsilon) * ce + epsilon * uniform
 
 
 class BitsPerByte(Metric):

@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# Reproduces experiments/diffusion/README.md: the causal quickstart model and diffusion models
-# with each noise schedule (linear with and without the noise curriculum), each trained for the
-# same 300-second wall-clock budget (seed 1) and scored on LICENSE/AGPL-3.0.txt and the
-# validation split; then denoising accuracy against noise level, samples at 8 and 16 denoising
-# steps judged by the causal model, and infilling. About 35 min on a 2-core CPU.
+# Reproduces experiments/diffusion/README.md: masked diffusion against the causal model at equal
+# wall-clock, 3 seeds, scored on the validation split and four held-out kinds of text
+# (experiments/generalization/heldout.py). Variants, each BUDGET seconds of training:
+#   causal   experiment=quickstart                        the causal model
+#   frame    experiment=diffusion                         frames masked, MDLM's bound, from scratch
+#   bit_v1   the first release's diffusion                bits masked, mean loss, noise curriculum
+#   adapted  causal for BUDGET/2 s, then experiment=diffusion finetune=true from it for BUDGET/2 s
+# then greedy and sampled generations of every diffusion model, judged by the causal model
+# (report.py). About 45 min on a 2-core CPU at BUDGET=180.
 #   bash experiments/diffusion/run.sh [OUT]   (from the repository root, after `make setup`)
 set -euo pipefail
 OUT=${1:-experiments/diffusion/out}
 BIN=${BIN:-.venv/bin}
-mkdir -p "$OUT"
-"$BIN/bitlm-bench" compare budget_s=300 'seeds=[1]' out_dir="$OUT" output="$OUT/compare.json" \
-  'common_overrides=[]' \
-  'variants=["causal: experiment=quickstart","linear: experiment=diffusion model.noise_schedule=linear","cosine: experiment=diffusion model.noise_schedule=cosine","exp: experiment=diffusion model.noise_schedule=exp","linear_no_curriculum: experiment=diffusion callbacks.diffusion_curriculum.end=1.0"]' \
-  > /dev/null
-# the commands a user runs, on the linear model
-MODEL="$OUT/linear/seed_1/model"
-"$BIN/bitlm-eval" ckpt_path="$MODEL" 'files=[LICENSE/AGPL-3.0.txt]' > "$OUT/eval_linear_agpl.json"
-for steps in 8 16; do
-  "$BIN/bitlm-generate" ckpt_path="$MODEL" mode=diffusion diffusion_steps=$steps max_new_bytes=64 \
-    seed=0 > "$OUT/generate_linear_${steps}.json"
-done
-"$BIN/bitlm-generate" ckpt_path="$MODEL" mode=diffusion diffusion_steps=16 temperature=0 \
-  'prompt="The return statement "' 'suffix=" the function."' max_new_bytes=8 > "$OUT/infill_linear.json"
-"$BIN/python" experiments/diffusion/diffusion_report.py "$OUT" "$OUT/causal/seed_1" \
-  linear="$OUT/linear/seed_1" cosine="$OUT/cosine/seed_1" exp="$OUT/exp/seed_1" \
-  linear_no_curriculum="$OUT/linear_no_curriculum/seed_1"
+BUDGET=${BUDGET:-180}
+SEEDS=${SEEDS:-[1,2,3]}
+"$BIN/python" experiments/generalization/heldout.py "$OUT/heldout" > /dev/null
+H="$OUT/heldout"
+HELD="eval_files=[$H/legal.txt,$H/changelog.md,$H/code.py,$H/manual.txt]"
+compare() {  # NAME BUDGET VARIANT...
+  local name=$1 budget=$2 variants
+  shift 2
+  variants=$(printf '"%s",' "$@")
+  "$BIN/bitlm-bench" compare "budget_s=$budget" "seeds=$SEEDS" "$HELD" 'common_overrides=[]' \
+    out_dir="$OUT/$name" output="$OUT/$name.json" "variants=[${variants%,}]" > /dev/null
+}
+compare full "$BUDGET" "causal: experiment=quickstart" "frame: experiment=diffusion" \
+  "bit_v1: experiment=diffusion model.diffusion_unit=bit module.diffusion_weighting=mean callbacks=diffusion"
+compare half $((BUDGET / 2)) "causal_half: experiment=quickstart"
+compare adapted $((BUDGET / 2)) \
+  "adapted: experiment=diffusion finetune=true ckpt_path=$OUT/half/causal_half/seed_\${seed}/model"
+"$BIN/python" experiments/diffusion/report.py "$OUT"

@@ -27,8 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from bitlm.core.bits import bytes_to_bits
-from bitlm.model.noise import mask_exactly
-from bitlm.model.transformer import MASK, evaluating
+from bitlm.model.noise import bit_mask, mask_exactly, masked_logits, units_of
+from bitlm.model.transformer import evaluating
 from bitlm.objectives.denoising import denoising_stats, elbo_bits
 from bitlm.objectives.losses import causal_loss
 
@@ -126,9 +126,9 @@ def denoising_metrics(
     batch_size: int = 16,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """For each noise level ℓ: mask exactly round(ℓ · L) bits of every window (uniformly, seeded)
-    and report, over the masked data bits, ``bit_accuracy`` (argmax) and ``loss`` (mean
-    cross-entropy in bits per masked bit)."""
+    """For each noise level ℓ: mask exactly round(ℓ · U) of the U units (bits or frames,
+    ``diffusion_unit``) of every window (uniformly, seeded) and report, over the masked data
+    bits, ``bit_accuracy`` (argmax) and ``loss`` (mean cross-entropy in bits per masked bit)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     batches = [b.to(device) for b in _window_batches(data, model.config.max_bytes, batch_size)]
@@ -137,10 +137,11 @@ def denoising_metrics(
         for level in noise_levels:
             ce = correct = count = 0.0
             for bits in batches:
-                n_masked = torch.full((bits.size(0),), round(level * bits.size(1)), device=device)
-                masked = mask_exactly(bits.shape, n_masked, generator, device)
-                logits, _ = model(bits.long().masked_fill(masked, MASK), causal=False)
-                stats = denoising_stats(logits, bits, masked)
+                shape = torch.Size((bits.size(0), bits.size(1) // units_of(model.config)))
+                n_masked = torch.full(shape[:1], round(level * shape[1]), device=device)
+                masked = mask_exactly(shape, n_masked, generator, device)
+                logits, _ = masked_logits(model, bits, masked)
+                stats = denoising_stats(logits, bits, bit_mask(masked, model.config))
                 ce, correct = ce + float(stats.ce_bits), correct + float(stats.correct)
                 count += float(stats.count)
             metrics[f"{level:g}"] = {

@@ -1,17 +1,21 @@
 """Diffusion sampling: iterative denoising of masked frames, and parity repair.
 
 **Sampling** (``diffusion_generate``): the positions to fill start masked; at step k = S … 1 the
-model predicts every position, a bit is drawn for each masked one, and the drawn bits the model
-is most confident of are kept so that γ((k−1)/S) of the positions stay masked (MaskGIT). The
-confidence is randomised: a drawn bit's score is log p + τ·(k/S)·g with g standard Gumbel noise and
-τ = ``choice_temperature`` (MaskGIT's annealed choice temperature). Pure confidence (τ = 0) lets the
-likeliest bits go first, which for bytes means runs of spaces: every trained model we measured
-(``experiments/diffusion``) collapsed into 64 spaces or dashes on some seeds; τ = 1 keeps the
-samples varied, and τ → ∞ is the random order of the bound above. With ``remask``
-already-filled bits compete too: one the model now finds unlikely can be masked again.
-Last, ``repair_parity`` makes every frame decode: in a frame of odd parity it flips the bit drawn
-with the lowest probability, which gives the most probable even-parity frame under the drawn
-bits' probabilities among single flips.
+model predicts every masked unit (a bit, or for ``diffusion_unit=frame`` a whole byte: its 8
+bits drawn one after another through the in-frame decoder), a value is drawn for each, and the
+drawn units the model is most confident of are kept so that γ((k−1)/S) of them stay masked
+(MaskGIT). The confidence is randomised: a drawn unit's score is log p + τ·(k/S)·g with g standard
+Gumbel noise and τ = ``choice_temperature`` (MaskGIT's annealed choice temperature). Pure
+confidence (τ = 0) lets the likeliest units go first, which for bytes means runs of spaces: every
+bit model we measured (``experiments/diffusion``) collapsed into 64 spaces or dashes on some
+seeds; τ = 1 keeps the samples varied, and τ → ∞ is the random order of the bound.
+
+**Remasking** (``remask``, a budget of one step's slots): already-filled units compete for the
+slots that stay masked too, scored by the log-probability they were drawn with (no fresh noise),
+so a unit drawn on little evidence early can be masked again and redrawn once its neighbours are
+known (ReMDM's confidence remasking). Last, a bit model's frames are made to decode by
+``repair_parity``: in a frame of odd parity it flips the bit drawn with the lowest probability,
+the most probable even-parity frame among single flips; a frame model computes parity.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from bitlm.core.bits import FRAME_BITS, bytes_to_bits
+from bitlm.core.bits import DATA_BITS, FRAME_BITS, bytes_to_bits
 from bitlm.core.errors import BitLMError, check_deadline
 from bitlm.generation.options import GenerationOptions
+from bitlm.model.hierarchical import hide
 from bitlm.model.noise import corruption_rate
-from bitlm.model.transformer import MASK, TransformerLM, evaluating
+from bitlm.model.transformer import MASK, TransformerLM, evaluating, shift_right
 
 
 class Sample(NamedTuple):
@@ -61,6 +66,18 @@ def denoise(
     must be either wholly given or wholly masked. ``options.deadline``: ``check_deadline``
     before each pass. The draws come from ``generator`` (None: torch's global one), which a
     caller denoising window after window keeps from one window to the next."""
+    if model.config.diffusion_unit == "frame":
+        return _denoise_frames(model, symbols, options, generator), 0
+    return _denoise_bits(model, symbols, options, generator)
+
+
+def _denoise_bits(
+    model: TransformerLM,
+    symbols: Tensor,
+    options: GenerationOptions,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, int]:
+    """``denoise`` of a ``diffusion_unit=bit`` model, one bit per unit."""
     steps, temperature = options.diffusion_steps, options.temperature
     schedule = options.schedule or model.config.noise_schedule
     remask, choice_temperature = options.remask, options.choice_temperature
@@ -99,6 +116,61 @@ def denoise(
     return repair_parity(x, confidence)
 
 
+def _denoise_frames(
+    model: TransformerLM,
+    symbols: Tensor,
+    options: GenerationOptions,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``denoise`` of a ``diffusion_unit=frame`` model: the units are whole frames, a drawn
+    frame's confidence is the log-probability of its byte, its parity bit is computed."""
+    steps, schedule = options.diffusion_steps, options.schedule or model.config.noise_schedule
+    frames = symbols.long().view(symbols.size(0), -1, FRAME_BITS).clone()
+    free = (frames == MASK).all(-1)  # (B, n): the frames to fill
+    masked, n_free = free.clone(), free.sum(1)
+    drawn_with = torch.full(free.shape, math.inf, device=frames.device)  # log p when revealed
+    for k in range(steps, 0, -1):
+        check_deadline(options.deadline)
+        drawn, log_p = _draw_frames(model, frames, masked, options.temperature, generator)
+        still_masked = (corruption_rate(schedule, (k - 1) / steps) * n_free).floor().long()
+        score = torch.where(masked, log_p, drawn_with if options.remask else math.inf)
+        if options.choice_temperature > 0:
+            noise = _gumbel(free.shape, generator, frames.device)
+            score = score + torch.where(masked, options.choice_temperature * k / steps * noise, 0)
+        score = score.masked_fill(~free, math.inf)
+        ranks = score.argsort(dim=1, stable=True).argsort(dim=1)
+        now_masked = free & (ranks < still_masked.to(frames.device)[:, None])
+        revealed = masked & ~now_masked
+        frames = torch.where(revealed[..., None], drawn, frames)
+        frames = frames.masked_fill(now_masked[..., None], MASK)
+        drawn_with = torch.where(revealed, log_p, drawn_with)
+        masked = now_masked
+    return frames.flatten(1)
+
+
+def _draw_frames(
+    model: TransformerLM, frames: Tensor, hidden: Tensor, temperature: float, generator
+) -> tuple[Tensor, Tensor]:
+    """A frame (B, n, 9) drawn for every position with the ``hidden`` ones unseen, its 8 data
+    bits one after another through the in-frame decoder at ``temperature`` (0: each bit's
+    argmax) and its parity computed, and the log-probability (B, n) it was drawn with."""
+    contexts = model.frame_contexts(shift_right(hide(frames, hidden)), causal=False)
+    contexts = contexts.flatten(0, 1)  # (N, context_size)
+    symbols = torch.full((contexts.size(0), 1), MASK, device=frames.device)
+    log_p = torch.zeros(contexts.size(0), device=frames.device)
+    for j in range(DATA_BITS):
+        p_one = _bit_probability(model.local(contexts, symbols)[:, j], temperature)
+        if temperature == 0:
+            bit = p_one > 0.5
+        else:
+            bit = torch.rand(p_one.shape, generator=generator, device=p_one.device) < p_one
+        log_p += torch.where(bit, p_one, 1 - p_one).clamp_min(1e-12).log()
+        symbols = torch.cat((symbols, bit.long()[:, None]), dim=1)
+    data = symbols[:, 1:]
+    drawn = torch.cat((data, data.sum(-1, keepdim=True) % 2), dim=1)
+    return drawn.view(frames.shape), log_p.view(frames.shape[:2])
+
+
 def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """Standard Gumbel noise −log(−log U)."""
     u = torch.rand(shape, generator=generator, device=device).clamp(1e-12, 1 - 1e-7)
@@ -135,7 +207,10 @@ def diffusion_generate(
             "diffusion sampling needs a model trained with model.mode=diffusion "
             "(bitlm-train experiment=diffusion); this one is causal"
         )
-    window = config.max_bytes
+    # a frame model never reads the last frame of its window (model/hierarchical.py): a suffix
+    # is followed by one unread frame so that all of it is seen
+    pad = FRAME_BITS if suffix and config.diffusion_unit == "frame" else 0
+    window = config.max_bytes - pad // FRAME_BITS
     if suffix and max_new_bytes + len(suffix) > window:
         raise BitLMError(
             f"infilling writes the middle and the suffix in one window of {window} bytes: "
@@ -144,7 +219,8 @@ def diffusion_generate(
     device = model.head.weight.device
     generator = options.generator(device)
     text, frames, repairs = bytes_to_bits(prompt).to(device), [], 0
-    tail = bytes_to_bits(suffix).to(device).long()
+    unread = torch.zeros(pad, device=device, dtype=torch.long)
+    tail = torch.cat((bytes_to_bits(suffix).to(device).long(), unread))
     with evaluating(model):
         remaining = max_new_bytes
         while remaining > 0:

@@ -11,9 +11,11 @@ from bitlm.core.bits import FRAME_BITS, frames_in
 from bitlm.core.errors import BitLMError
 
 NOISE_SCHEDULES = ("linear", "cosine", "exp")
+"""Names of the corruption-rate schedules of diffusion mode (``bitlm.model.noise.SCHEDULES``)."""
+DIFFUSION_UNITS = ("bit", "frame")
+"""What diffusion mode masks: single bits, or whole frames (``bitlm.model.noise``)."""
 FRAME_EMBEDDINGS = ("bits", "byte", "both")
 TREE_HEADS = ("free", "prefix")
-"""Names of the corruption-rate schedules of diffusion mode (``bitlm.model.noise.SCHEDULES``)."""
 
 
 @dataclass
@@ -41,6 +43,12 @@ class ModelConfig:
     # default, by the sampler: "linear" γ = t, "cosine" γ = 1 − cos(πt/2), "exp" γ = (1 − e^(−5t))
     # / (1 − e^(−5)) (bitlm.model.noise.SCHEDULES)
     noise_schedule: str = "linear"
+    # diffusion mode: what the noise masks. "bit": every bit alone, each predicted on its own
+    # (the flat trunk's and the first hierarchical diffusion models'); "frame" (trunk=hierarchical,
+    # experiment=diffusion): whole frames, a masked frame's bits predicted by the in-frame
+    # decoder one after another, so the model has the causal model's weights (and can start
+    # from one) and scores a masked byte exactly instead of as 9 independent bits
+    diffusion_unit: str = "bit"
     d_model: int = 256
     n_heads: int = 4
     n_layers: int = 4
@@ -174,6 +182,7 @@ class ModelConfig:
                 f"model.noise_schedule must be one of {list(NOISE_SCHEDULES)}, "
                 f"got {self.noise_schedule!r}"
             )
+        self._validate_diffusion_unit()
         if self.unit == "byte" and self.mode != "causal":
             raise BitLMError(
                 "model.mode=diffusion is for bit models; the byte-level baseline is the causal "
@@ -190,6 +199,23 @@ class ModelConfig:
                 "plain reference: set model.use_act=false"
             )
 
+    def _validate_diffusion_unit(self) -> None:
+        if self.diffusion_unit not in DIFFUSION_UNITS:
+            raise BitLMError(
+                f"model.diffusion_unit must be one of {list(DIFFUSION_UNITS)}, "
+                f"got {self.diffusion_unit!r}"
+            )
+        if self.diffusion_unit == "frame" and (self.unit, self.trunk, self.mode) != (
+            "bit",
+            "hierarchical",
+            "diffusion",
+        ):
+            raise BitLMError(
+                "model.diffusion_unit=frame masks the frames of a hierarchical diffusion model: "
+                "set model.trunk=hierarchical and model.mode=diffusion, or "
+                "model.diffusion_unit=bit"
+            )
+
     def _validate_frame_options(self) -> None:
         """``frame_embedding`` and ``tree_head``: named choices of the hierarchical trunk."""
         for name, choices, default in (
@@ -204,10 +230,12 @@ class ModelConfig:
                     f"model.{name}={value} is an option of the hierarchical trunk: set "
                     f"model.trunk=hierarchical or leave model.{name}={default}"
                 )
-        if self.tree_head != "free" and (self.local_decoder, self.mode) != ("tree", "causal"):
+        bit_head = self.mode == "diffusion" and self.diffusion_unit == "bit"
+        if self.tree_head != "free" and (self.local_decoder != "tree" or bit_head):
             raise BitLMError(
-                "model.tree_head=prefix shapes the causal tree decoder's head: set "
-                "model.local_decoder=tree and model.mode=causal, or model.tree_head=free"
+                "model.tree_head=prefix shapes the tree decoder's head: set "
+                "model.local_decoder=tree (and, in diffusion mode, model.diffusion_unit=frame), "
+                "or model.tree_head=free"
             )
 
     def _validate_settings(self) -> None:

@@ -26,6 +26,10 @@ continues from the same loss instead of jumping back up:
   ``rope_scale`` (position interpolation) may change with it: that one is not function-preserving,
   it trades short-context fidelity for the longer window's angles staying in the trained range.
 
+* **causal → frame diffusion**: a causal hierarchical model becomes a ``diffusion_unit=frame``
+  diffusion model with every weight as it was (the same function with bidirectional attention,
+  not the same function): the start of diffusion training by adaptation.
+
 ``Growth.sources`` says where each parameter came from, so the optimizer's state (Adam's moments)
 follows the weights (``carry_optimizer_state``).
 """
@@ -49,6 +53,10 @@ GROWABLE = ("n_layers", "d_model", "n_heads", "d_ff", "max_seq_len")
 """Config fields a growth may increase."""
 ADJUSTABLE = ("dropout", "rope_scale", "attn_chunk_size", "activation_checkpointing", "compile")
 """Config fields that change no weight and may be set freely when a model is grown."""
+TO_FRAME_DIFFUSION = ("mode", "diffusion_unit", "noise_schedule")
+"""Fields a causal hierarchical model may change to become a ``diffusion_unit=frame`` model:
+the two have the same weights (``model/hierarchical.py``), so diffusion training can adapt a
+trained causal model instead of starting from scratch."""
 
 # Where each parameter's dimensions come from when the width grows: a name pattern (searched,
 # so it matches at any depth of the model) → (dimension, axis, whether the layer reads the axis)
@@ -168,13 +176,19 @@ def grow_to(
     return Growth(grown, sources)
 
 
+def _to_frame_diffusion(old: ModelConfig, target: ModelConfig) -> bool:
+    return old.mode == "causal" and target.mode == "diffusion" and target.diffusion_unit == "frame"
+
+
 def check_growth(old: ModelConfig, target: ModelConfig) -> None:
     """Refuse a target that is not a growth of ``old``: a smaller size, a different head
-    width, or any change other than ``GROWABLE`` sizes and ``ADJUSTABLE`` settings."""
+    width, or any change other than ``GROWABLE`` sizes and ``ADJUSTABLE`` settings (and
+    ``TO_FRAME_DIFFUSION`` from a causal hierarchical model)."""
+    free = GROWABLE + ADJUSTABLE + (TO_FRAME_DIFFUSION if _to_frame_diffusion(old, target) else ())
     changed = [
         f.name
         for f in fields(ModelConfig)
-        if f.name not in GROWABLE + ADJUSTABLE and getattr(old, f.name) != getattr(target, f.name)
+        if f.name not in free and getattr(old, f.name) != getattr(target, f.name)
     ]
     if changed:
         pairs = ", ".join(f"{n}: {getattr(old, n)!r} → {getattr(target, n)!r}" for n in changed)

@@ -22,6 +22,7 @@ from lightning.fabric.utilities.throughput import measure_flops
 from bitlm.model import build_model
 from bitlm.model.blocks import ReversibleStack
 from bitlm.model.config import ModelConfig
+from bitlm.model.noise import masked_logits
 
 
 def batch_flops(config: ModelConfig, batch_size: int, seq_len: int, training: bool) -> int:
@@ -44,6 +45,8 @@ def _count(config: ModelConfig, batch_size: int, seq_len: int, training: bool) -
     model.train(training)
 
     def forward() -> torch.Tensor:
+        if config.mode == "diffusion":  # one denoising pass
+            return masked_logits(model, bits)[0]
         return model(bits)[0]
 
     if not training:

@@ -26,10 +26,18 @@ Cost per byte: one position of the main stack (the flat model pays nine) plus, f
 projection to 510 logits (what a 256-way softmax costs); the transformer decoder adds eight
 positions of a stack ``local_d_model`` wide. ``experiments/hierarchical`` measures both.
 
-Diffusion mode (``mode=diffusion``) has no in-frame decoder: the global trunk reads the noisy
-frames themselves (not shifted; MASK symbols embed like any other) without a causal mask, and the
-head gives two logits for each of the frame's 9 bits, each predicted from the whole noisy
-sequence as the flat trunk's bidirectional path does, at one trunk position per byte.
+Diffusion mode (``mode=diffusion``) drops the causal mask of the global trunk, in one of two
+ways (``diffusion_unit``):
+
+* ``frame`` (``experiment=diffusion``): the noise hides whole frames, and the model is the causal
+  one with bidirectional attention. The trunk reads [START, z_0 … z_{n-2}] (hidden frames as
+  all-MASK frames) exactly as the causal trunk reads its shifted input, so output i again
+  conditions frame i and the in-frame decoder scores the frame's bits one after another: a hidden
+  byte's likelihood is exact, and a trained causal model is a starting point with every weight in
+  place (``mode`` may change by ``grow_to``). The last frame of a window is predicted, never read.
+* ``bit``: the noise hides single bits; the trunk reads the noisy frames unshifted (MASK symbols
+  embed like any other) and a head of two logits for each of the frame's 9 bits predicts every
+  bit on its own, as the flat trunk's bidirectional path does.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitlm.core.bits import DATA_BITS, FRAME_BITS
+from bitlm.core.errors import BitLMError
 from bitlm.model.attention import KVCache, RotaryEmbedding
 from bitlm.model.blocks import PlainStack
 from bitlm.model.config import ModelConfig
@@ -192,7 +201,7 @@ class HierarchicalBitLM(TransformerLM):
             self.frame_embedding = nn.Embedding(FRAME_BITS * SYMBOLS, config.d_model)
         if config.frame_embedding != "bits":  # a row per byte value, and one for a masked frame
             self.byte_embedding = nn.Embedding(BYTE_ROWS, config.d_model)
-        if config.mode == "diffusion":  # every bit of the frame at once: 9 × 2 logits
+        if config.mode == "diffusion" and config.diffusion_unit == "bit":  # 9 × 2 logits
             self._build_trunk_and_head(config, n_outputs=2 * FRAME_BITS)
             self.local = None
         else:
@@ -206,18 +215,29 @@ class HierarchicalBitLM(TransformerLM):
         self.register_buffer("symbol_offsets", offsets, persistent=False)
 
     def forward(
-        self, bits: Tensor, *, causal: bool | None = None
+        self, bits: Tensor, *, causal: bool | None = None, hidden: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits (B, L, 2) for bits (B, L), and a telemetry dict, exactly as
         ``BitTransformerLM.forward``: in causal mode ``logits[:, t]`` predicts bit t from
         ``bits[:, :t]``; in diffusion mode from the whole sequence, which may hold MASK symbols.
-        Each model runs in the mode it was built for (the other has no head here)."""
+        Each model runs in the mode it was built for (the other has no head here).
+
+        ``diffusion_unit=frame`` models take the clean bits and ``hidden`` (B, n) bool, the
+        frames the trunk does not see: bit t of a hidden frame is predicted from the frames not
+        hidden and the bits of its own frame before t."""
         B = bits.size(0)
         frames = bits.long().view(B, -1, FRAME_BITS)  # (B, n, 9)
-        if not self._own_mode(causal):
+        causal = self._own_mode(causal)
+        frame_unit = self.config.diffusion_unit == "frame"
+        if frame_unit != (hidden is not None) and not causal:
+            raise BitLMError(
+                "a diffusion_unit=frame model is given the clean bits and the hidden frames "
+                "(hidden=…); a diffusion_unit=bit model the noisy bits alone"
+            )
+        if not causal and not frame_unit:
             logits = self.frame_contexts(frames, causal=False)  # (B, n, 18)
             return logits.view(B, -1, 2), self.trunk_telemetry()
-        contexts = self.frame_contexts(shift_right(frames))  # (B, n, context_size)
+        contexts = self.frame_contexts(shift_right(hide(frames, hidden)), causal=causal)
         data = frames[..., :DATA_BITS]  # (B, n, 8)
         symbols = shift_right(data.flatten(0, 1))  # (B·n, 8): [MASK, b_0 … b_6]
         data_logits = self.local(contexts.flatten(0, 1), symbols).view(*data.shape, 2)
@@ -256,6 +276,11 @@ class HierarchicalBitLM(TransformerLM):
         rows = (frames + self.symbol_offsets).flatten(0, 1)  # (B·T, 9)
         bags = F.embedding_bag(rows, self.frame_embedding.weight, mode="sum")
         return bags.unflatten(0, frames.shape[:2])
+
+
+def hide(frames: Tensor, hidden: Tensor | None) -> Tensor:
+    """frames (B, n, 9) with the ``hidden`` (B, n) ones (None: none) all MASK."""
+    return frames if hidden is None else frames.masked_fill(hidden[..., None], MASK)
 
 
 def byte_rows(frames: Tensor) -> Tensor:

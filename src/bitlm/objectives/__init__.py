@@ -18,12 +18,14 @@ def objective_for(
     include_parity_loss: bool = False,
     telemetry_windows: int | None = 4,
     label_smoothing: float = 0.0,
+    diffusion_weighting: str = "elbo",
 ) -> Objective:
     """The objective a model of ``config`` trains with: masked denoising for
     ``mode=diffusion``, next-byte prediction for ``unit=byte``, next-bit prediction otherwise.
     ``telemetry_windows``: windows of a diffusion training batch that telemetry reads (None:
     telemetry off); ``label_smoothing``: ε of the causal objectives' training loss
-    (``losses.smoothed_ce``)."""
+    (``losses.smoothed_ce``); ``diffusion_weighting``: the denoising loss's weighting
+    (``denoising.WEIGHTINGS``)."""
     if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
         raise BitLMError(f"module.label_smoothing must be in [0, 1), got {label_smoothing!r}")
     if config.mode == "diffusion":
@@ -32,7 +34,7 @@ def objective_for(
                 "module.label_smoothing smooths the causal objectives' targets; diffusion "
                 "trains on masked bits: leave it at 0.0"
             )
-        objective: Objective = DiffusionObjective(telemetry_windows)
+        objective: Objective = DiffusionObjective(telemetry_windows, diffusion_weighting)
     elif config.unit == "byte":
         objective = ByteObjective(label_smoothing)
     else:

@@ -1,21 +1,31 @@
-"""The masked-denoising loss of diffusion mode and its likelihood bound.
+"""The masked-denoising objective of diffusion mode and its likelihood bounds.
 
-**Why masking, not bit flipping.** A masked bit is *known* to be unknown, so the model spends no
-capacity guessing which bits were corrupted, and unmasked bits are exact evidence. Masking is the
+**Why masking, not bit flipping.** A masked unit is *known* to be unknown, so the model spends no
+capacity guessing which were corrupted, and unmasked ones are exact evidence. Masking is the
 absorbing-state diffusion whose likelihood has a tractable bound (below), so a diffusion model's
-bits per byte can be reported honestly. Flipping at rate 1/2 destroys a bit exactly as masking
-does, but at lower rates it leaves the model to detect every flip from context first.
+bits per byte can be reported honestly.
 
-**Bound.** A masked-diffusion model is an any-order autoregressive model (unmask one bit at a
-time in random order), so for a window of L bits (Uria et al. 2014; Hoogeboom et al. 2022)::
+**Training: the continuous-time bound** (MDLM, Sahoo et al. 2024). With U units per window, each
+masked with probability γ(t) at noise time t, the negative log-likelihood is bounded by::
 
-    −log p(x) ≤ E_σ Σ_t −log p_θ(x_σ(t) | x_σ(<t))
-              = L · E_{m ~ U{1..L}} E_{|M| = m} [ (1/m) Σ_{i∈M} −log p_θ(x_i | x with M masked) ]
+    −log p(x) ≤ E_{t ~ U(0,1)} [ γ'(t) / γ(t) · Σ_{i masked} −log p_θ(x_i | z_t) ]
 
-``elbo_bits`` estimates it with one mask per window (m stratified over the batch). Parity bits
+(γ'(t)/γ(t) = 1/t for the linear schedule). ``weighting="elbo"`` trains on exactly this per
+window, divided by its bytes (nats per byte), with the batch's t low-discrepancy
+(``sample_noise_times``) and floored at ``T_MIN`` (the weight is unbounded near 0).
+``weighting="mean"`` is the first release's loss: the mean cross-entropy over all masked bits of
+the batch, which weights each window by how much of it is masked instead.
+
+**Validation: the any-order bound.** A masked-diffusion model is an any-order autoregressive
+model (unmask one unit at a time in random order), so (Uria et al. 2014; Hoogeboom et al. 2022)::
+
+    −log p(x) ≤ U · E_{m ~ U{1..U}} E_{|M| = m} [ (1/m) Σ_{i∈M} −log p_θ(x_i | x with M masked) ]
+
+``elbo_bits`` estimates it with one mask per window (m stratified over the batch): the same bound
+as the one above, with exactly m masked instead of γ(t)·U on average, so less variance. Parity bits
 are part of x; since p(data) = Σ_parity p(data, parity) ≥ p(data, parity(data)), the bound per
-byte is an upper bound on the bits per byte of the data. It bounds the likelihood of the
-one-bit-per-step sampler; the ``diffusion_steps``-step sampler below is an approximation of it.
+byte is an upper bound on the bits per byte of the data. A frame model scores a masked frame's
+bits one after another (its parity bit is computed), so each term is an exact byte likelihood.
 """
 
 from __future__ import annotations
@@ -33,13 +43,17 @@ from bitlm.core.bits import DATA_BITS, FRAME_BITS
 from bitlm.core.errors import BitLMError
 from bitlm.model.config import ModelConfig
 from bitlm.model.noise import (
-    corrupt,
+    bit_mask,
     corruption_rate,
+    draw_mask,
     frame_predictions,
     mask_exactly,
+    masked_logits,
+    rate_derivative,
     sample_noise_times,
+    units_of,
 )
-from bitlm.model.transformer import MASK, TransformerLM
+from bitlm.model.transformer import TransformerLM
 from bitlm.objectives.base import Knobs, Objective, Output
 from bitlm.objectives.losses import BitsPerByte
 
@@ -78,29 +92,42 @@ def denoising_stats(logits: Tensor, bits: Tensor, masked: Tensor) -> DenoisingSt
     return DenoisingStats(ce, correct, data.sum())
 
 
+WEIGHTINGS = ("elbo", "mean")
+T_MIN = 1e-3
+"""Floor of the training noise times (MDLM's ε): γ'(t)/γ(t) grows without bound as t → 0."""
+
+
+def elbo_loss(logits: Tensor, bits: Tensor, masked: Tensor, weight: Tensor) -> Tensor:
+    """The continuous-time bound (module docstring) in nats per byte, averaged over windows:
+    mean_b weight_b · Σ_{masked bits of b} CE / bytes per window."""
+    per_window = masked_cross_entropy(logits, bits, masked).sum(1) * weight
+    return per_window.mean() / (bits.size(1) // FRAME_BITS)
+
+
 def elbo_bits(
     model: TransformerLM, bits: Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
     """Upper bound (in bits, (B,)) on −log2 p(window) of each window of bits (B, L) under a
     diffusion model, one unbiased sample of the any-order bound each (module docstring): m
-    masked positions with m stratified across the batch (each window's m is still uniform on
-    1 … L), then (L / m) · Σ_masked CE. ``generator`` lives on the bits' device."""
-    B, L = bits.shape
+    masked units with m stratified across the batch (each window's m is still uniform on
+    1 … U), then (U / m) · Σ_masked CE. ``generator`` lives on the bits' device."""
+    B, U = bits.size(0), bits.size(1) // units_of(model.config)
     strata = torch.randperm(B, generator=generator, device=bits.device)
     u = (strata + torch.rand(B, generator=generator, device=bits.device)) / B
-    counts = (u * L).ceil().clamp(1, L).long()
-    masked = mask_exactly(bits.shape, counts, generator, bits.device)
-    logits, _ = model(bits.long().masked_fill(masked, MASK), causal=False)
-    ce = masked_cross_entropy(logits, bits, masked).sum(1) / math.log(2)
-    return ce * L / counts.to(ce.device)
+    counts = (u * U).ceil().clamp(1, U).long()
+    masked = mask_exactly(torch.Size((B, U)), counts, generator, bits.device)
+    logits, _ = masked_logits(model, bits, masked)
+    ce = masked_cross_entropy(logits, bits, bit_mask(masked, model.config)).sum(1) / math.log(2)
+    return ce * U / counts.to(ce.device)
 
 
 class DiffusionObjective(Objective):
-    """Masked denoising (``model.mode=diffusion``): the mean cross-entropy of the masked bits
-    (parity bits included: they are part of the joint the bound covers) of windows corrupted at
-    noise time t ~ U(0, ``Knobs.noise_level``), which the ``DiffusionCurriculum`` lowers over
-    training. Metrics: ``bit_acc`` (argmax accuracy on the masked data bits) and, in
-    validation (t ~ U(0, 1), seeded by the batch index), ``bpb``: the any-order upper bound
+    """Masked denoising (``model.mode=diffusion``): the masked units' cross-entropy, weighted by
+    the continuous-time bound (``weighting="elbo"``) or averaged (``"mean"``; module
+    docstring), of windows corrupted at noise times t on [0, ``Knobs.noise_level``] (the
+    ``DiffusionCurriculum`` may lower it; with it below 1 the loss bounds only the noise levels
+    trained). Metrics: ``bit_acc`` (argmax accuracy on the masked data bits) and, in
+    validation (t on [0, 1], seeded by the batch index), ``bpb``: the any-order upper bound
     ``elbo_bits`` on the model's bits per byte.
 
     Telemetry reads ``frame_predictions`` (each frame predicted with itself masked: on clean
@@ -112,12 +139,17 @@ class DiffusionObjective(Objective):
     knobs = frozenset({"noise_level"})
     regularisable = False  # its telemetry reads frame predictions, not next-bit ones
 
-    def __init__(self, telemetry_windows: int | None = 4) -> None:
+    def __init__(self, telemetry_windows: int | None = 4, weighting: str = "elbo") -> None:
         if telemetry_windows is not None and telemetry_windows < 1:
             raise BitLMError(
                 f"module.diffusion_telemetry_windows must be >= 1, got {telemetry_windows}"
             )
+        if weighting not in WEIGHTINGS:
+            raise BitLMError(
+                f"module.diffusion_weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}"
+            )
         self.telemetry_windows = telemetry_windows
+        self.weighting = weighting
 
     @staticmethod
     def check_model(config: ModelConfig) -> None:
@@ -144,14 +176,24 @@ class DiffusionObjective(Objective):
     def _denoise(
         self, model: nn.Module, bits: Tensor, noise_level: float, generator=None
     ) -> Output:
-        """Loss and masked-bit accuracy of denoising bits corrupted at t ~ U(0, noise_level)."""
+        """Loss and masked-bit accuracy of denoising bits corrupted at noise times on
+        [0, noise_level]."""
+        config = model.config
         t = sample_noise_times(bits.size(0), noise_level, generator, bits.device)
-        rate = corruption_rate(model.config.noise_schedule, t)
-        noisy, masked = corrupt(bits, rate, generator)
-        logits, aux = model(noisy, causal=False)
-        stats = denoising_stats(logits, bits, masked)
+        t = t.clamp_min(T_MIN) if self.weighting == "elbo" else t
+        rate = corruption_rate(config.noise_schedule, t).to(bits.device)
+        units = bits.size(1) // units_of(config)
+        masked = draw_mask(torch.Size((bits.size(0), units)), rate, generator, bits.device)
+        logits, aux = masked_logits(model, bits, masked)
+        on_bits = bit_mask(masked, config)
+        stats = denoising_stats(logits, bits, on_bits)
         metrics = {"bit_acc": (stats.correct / stats.count, stats.count)} if stats.count else {}
-        return Output(denoising_loss(logits, bits, masked), metrics, aux=aux)
+        if self.weighting == "elbo":
+            weight = rate_derivative(config.noise_schedule, t).to(rate) / rate
+            loss = elbo_loss(logits, bits, on_bits, weight)
+        else:
+            loss = denoising_loss(logits, bits, on_bits)
+        return Output(loss, metrics, aux=aux)
 
 
 def _predictions(model: nn.Module, bits: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from bitlm.io import prepare_qat
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.model.flops import batch_flops
+from bitlm.model.noise import masked_logits
 from bitlm.training import resume
 from bitlm.training.strategies import shard_model
 
@@ -38,6 +39,9 @@ class ModelHost(L.LightningModule):
         self.flops: dict[bool, int] = {}  # model FLOPs of one batch, by training mode
 
     def forward(self, bits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The model's logits for bits (a diffusion model's with nothing masked)."""
+        if self.model.config.mode == "diffusion":
+            return masked_logits(self.model, bits)
         return self.model(bits)
 
     def in_context(self, bits: Tensor, limit: int | None = None) -> Tensor:

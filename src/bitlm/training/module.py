@@ -62,6 +62,7 @@ class BitLMModule(ModelHost):
         telemetry: bool = True,
         noise_level: float = 1.0,
         diffusion_telemetry_windows: int = 4,
+        diffusion_weighting: str = "elbo",
         compress_prob: float = 0.0,
         max_bad_steps: int = 10,
         loss_spike_factor: float | None = 4.0,
@@ -76,7 +77,9 @@ class BitLMModule(ModelHost):
         self.hparams["scheduler"] = optim.as_config(scheduler, optim.DEFAULT_SCHEDULER)
         self.val_context: int | None = None  # validate on the first N bits of each window
         windows = diffusion_telemetry_windows if telemetry else None
-        self.objective = objective_for(config, include_parity_loss, windows, label_smoothing)
+        self.objective = objective_for(
+            config, include_parity_loss, windows, label_smoothing, diffusion_weighting
+        )
         self.knobs = check_knobs(Knobs(noise_level, compress_prob), self.objective)
         kcs, self.ponder = KCSLoss(lambda_K, lambda_C, lambda_S), PonderCost(ponder_weight)
         bits_predicted = self.objective.bit_predictions

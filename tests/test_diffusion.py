@@ -15,9 +15,17 @@ from bitlm.generation.diffusion import denoise, diffusion_generate, repair_parit
 from bitlm.io import save_pretrained
 from bitlm.model import ModelConfig, build_model
 from bitlm.model.config import NOISE_SCHEDULES
-from bitlm.model.noise import SCHEDULES, corruption_rate, draw_mask, mask_exactly
+from bitlm.model.noise import (
+    SCHEDULES,
+    corruption_rate,
+    draw_mask,
+    mask_exactly,
+    rate_derivative,
+    sample_noise_times,
+)
 from bitlm.model.transformer import MASK
-from bitlm.objectives.denoising import elbo_bits
+from bitlm.objectives.base import Knobs
+from bitlm.objectives.denoising import DiffusionObjective, elbo_bits
 from bitlm.objectives.losses import causal_loss
 from bitlm.training.callbacks.diffusion_curriculum import DiffusionCurriculum
 from bitlm.training.datamodule import BitDataModule
@@ -26,11 +34,15 @@ from tests.conftest import ENGLISH, TINY_TRAIN, assert_user_error, quiet_trainer
 
 TINY = dict(d_model=32, n_heads=2, n_layers=2, max_seq_len=288)
 TRUNKS = ["flat", "hierarchical"]
+KINDS = [*TRUNKS, "frame"]
+"""Diffusion models: the two trunks masking bits, and the hierarchical one masking frames."""
 
 
-def diffusion_model(trunk: str = "hierarchical", seed: int = 0, **overrides):
+def diffusion_model(kind: str = "hierarchical", seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(trunk=trunk, mode="diffusion", **{**TINY, **overrides}))
+    unit = {"diffusion_unit": "frame"} if kind == "frame" else {}
+    trunk = "hierarchical" if kind == "frame" else kind
+    return build_model(ModelConfig(trunk=trunk, mode="diffusion", **{**TINY, **unit, **overrides}))
 
 
 # --- schedules and corruption --------------------------------------------------------------
@@ -111,13 +123,16 @@ def test_a_diffusion_model_has_no_causal_score_and_the_byte_baseline_no_diffusio
         ModelConfig(unit="byte", mode="diffusion")
 
 
-@pytest.mark.parametrize("trunk", TRUNKS)
-def test_the_bound_of_a_model_that_knows_nothing_is_one_bit_per_bit(trunk):
-    model = diffusion_model(trunk)
-    torch.nn.init.zeros_(model.head.weight)  # logits 0: p = 1/2 for every bit
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_bound_of_a_model_that_knows_nothing_is_one_bit_per_bit(kind):
+    """p = 1/2 for every bit it predicts: 9 bits per byte for a bit model, 8 for a frame model
+    (parity is computed)."""
+    model = diffusion_model(kind)
+    torch.nn.init.zeros_(model.head.weight)
     bits = bytes_to_bits(ENGLISH.encode()[:64]).view(2, -1)
     bound = elbo_bits(model, bits, torch.Generator().manual_seed(0))
-    assert bound.tolist() == pytest.approx([bits.size(1)] * 2, rel=1e-5)
+    predicted = DATA_BITS if kind == "frame" else FRAME_BITS
+    assert bound.tolist() == pytest.approx([bits.size(1) / FRAME_BITS * predicted] * 2, rel=1e-5)
 
 
 # --- sampler ------------------------------------------------------------------------------
@@ -133,10 +148,10 @@ def test_parity_repair_flips_the_least_confident_bit_of_odd_frames():
     assert torch.equal(repaired[0, 9:], bits[0, 9:])  # the even frame is untouched
 
 
-@pytest.mark.parametrize("trunk", TRUNKS)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("remask", [False, True])
-def test_infilling_keeps_prompt_and_suffix_and_always_decodes(trunk, remask):
-    model = diffusion_model(trunk).eval()
+def test_infilling_keeps_prompt_and_suffix_and_always_decodes(kind, remask):
+    model = diffusion_model(kind).eval()
     given = bytes_to_bits(b"Once upon a ").long()
     tail = bytes_to_bits(b" there was").long()
     gap = torch.full((9 * 6,), MASK)
@@ -150,9 +165,10 @@ def test_infilling_keeps_prompt_and_suffix_and_always_decodes(trunk, remask):
     assert 0 <= repairs <= 6
 
 
+@pytest.mark.parametrize("kind", ["hierarchical", "frame"])
 @pytest.mark.parametrize("steps", [1, 8, 16])
-def test_diffusion_generate_is_deterministic_for_a_seed_and_decodes(steps):
-    model = diffusion_model()
+def test_diffusion_generate_is_deterministic_for_a_seed_and_decodes(steps, kind):
+    model = diffusion_model(kind)
     runs = [
         diffusion_generate(model, b"Hi", 20, GenerationOptions(diffusion_steps=steps, seed=seed))
         for seed in (3, 3, 4)
@@ -163,10 +179,11 @@ def test_diffusion_generate_is_deterministic_for_a_seed_and_decodes(steps):
     assert len(runs[0].bits) == 20 * FRAME_BITS
 
 
-def test_choice_temperature_randomises_the_order_bits_are_filled_in():
+@pytest.mark.parametrize("kind", ["hierarchical", "frame"])
+def test_choice_temperature_randomises_the_order_bits_are_filled_in(kind):
     """Greedy draws: with pure confidence order (τ = 0) the seed cannot matter; with Gumbel noise
     on the confidence the order, and so what later bits are conditioned on, changes with it."""
-    model = diffusion_model()
+    model = diffusion_model(kind)
 
     def greedy(choice_temperature, seed):
         options = GenerationOptions(
@@ -480,3 +497,124 @@ def test_frame_predictions_never_see_the_frame_they_predict(trunk):
     frame = slice(9 * 3, 9 * 4)
     torch.testing.assert_close(before[0, frame], after[0, frame])
     assert not torch.allclose(before[0, 9 * 2 : 9 * 3], after[0, 9 * 2 : 9 * 3])
+
+
+# --- frame diffusion: masked frames, the continuous-time bound, adaptation ------------------
+
+
+def test_a_frame_model_hides_what_it_is_told_and_scores_a_hidden_byte_exactly():
+    """Rewriting a hidden frame changes no prediction outside it, nor its first bit; and the
+    in-frame decoder's 256 byte probabilities of a hidden frame sum to 1 (an exact likelihood)."""
+    model = diffusion_model("frame").eval()
+    bits = bytes_to_bits(b"abcdefgh").long().repeat(256, 1)
+    frames = bits.view(256, 8, FRAME_BITS)
+    frames[:, 3] = bytes_to_bits(bytes(range(256))).view(256, FRAME_BITS)  # frame 3 = every byte
+    hidden = torch.zeros(256, 8, dtype=torch.bool)
+    hidden[:, 3] = True
+    with torch.no_grad():
+        logits, _ = model(bits, causal=False, hidden=hidden)
+    per_frame = logits.view(256, 8, FRAME_BITS, 2)
+    torch.testing.assert_close(
+        per_frame[:, [0, 1, 2, 4, 5, 6, 7]],
+        per_frame[:1, [0, 1, 2, 4, 5, 6, 7]].expand(256, -1, -1, -1),
+    )
+    torch.testing.assert_close(per_frame[:, 3, 0], per_frame[:1, 3, 0].expand(256, -1))
+    log_p = (
+        -torch.nn.functional.cross_entropy(
+            per_frame[:, 3].flatten(0, 1), frames[:, 3].flatten(), reduction="none"
+        )
+        .view(256, FRAME_BITS)
+        .sum(1)
+    )
+    assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_frame_model_is_given_the_hidden_frames_and_a_bit_model_is_not():
+    bits = torch.zeros(1, 18, dtype=torch.long)
+    with pytest.raises(BitLMError, match="hidden"):
+        diffusion_model("frame")(bits, causal=False)
+    with pytest.raises(BitLMError, match="hidden"):
+        diffusion_model("hierarchical")(
+            bits, causal=False, hidden=torch.zeros(1, 2, dtype=torch.bool)
+        )
+
+
+def test_a_causal_model_becomes_a_frame_diffusion_model_with_every_weight():
+    from bitlm.model.expand import grow_to
+
+    causal = build_model(ModelConfig(trunk="hierarchical", **TINY))
+    target = ModelConfig(trunk="hierarchical", mode="diffusion", diffusion_unit="frame", **TINY)
+    adapted = grow_to(causal, target).model
+    assert adapted.config.mode == "diffusion"
+    state, before = adapted.state_dict(), causal.state_dict()
+    assert state.keys() == before.keys()
+    assert all(torch.equal(state[k], before[k]) for k in state)
+    bit_diffusion = ModelConfig(trunk="hierarchical", mode="diffusion", **TINY)
+    with pytest.raises(BitLMError, match="different architecture"):
+        grow_to(causal, bit_diffusion)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(trunk="flat", mode="diffusion", diffusion_unit="frame"), "diffusion_unit=frame"),
+        (dict(trunk="hierarchical", diffusion_unit="frame"), "diffusion_unit=frame"),
+        (dict(trunk="hierarchical", mode="diffusion", diffusion_unit="byte"), "must be one of"),
+    ],
+)
+def test_bad_diffusion_units_are_refused(options, message):
+    with pytest.raises(BitLMError, match=message):
+        ModelConfig(**options)
+
+
+def test_configs_written_before_frame_diffusion_load_as_bit_diffusion():
+    saved = {"trunk": "hierarchical", "mode": "diffusion", **TINY}  # no diffusion_unit key
+    assert ModelConfig.from_dict(saved).diffusion_unit == "bit"
+
+
+def test_noise_times_are_low_discrepancy():
+    """One time in each of the B strata of [0, ν): the batch covers the noise levels evenly."""
+    t = sample_noise_times(16, 0.5, torch.Generator().manual_seed(3))
+    strata = (t / 0.5 * 16).floor().long()
+    assert strata.tolist() == list(range(16))
+
+
+@pytest.mark.parametrize("schedule", NOISE_SCHEDULES)
+def test_rate_derivative_matches_finite_differences(schedule):
+    t = torch.tensor([0.1, 0.4, 0.8], dtype=torch.float64)
+    h = 1e-5
+    numeric = (corruption_rate(schedule, t + h).double() - corruption_rate(schedule, t - h)) / (
+        2 * h
+    )
+    torch.testing.assert_close(rate_derivative(schedule, t).double(), numeric, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_elbo_loss_of_a_model_that_knows_nothing_is_its_bound(kind):
+    """Logits 0: every masked unit costs its bits · ln 2 nats, so the continuous-time bound per
+    byte is 8 ln 2 (frame) or 9 ln 2 (bit) in expectation; the mean weighting gives ln 2 per bit
+    exactly."""
+    model = diffusion_model(kind)
+    torch.nn.init.zeros_(model.head.weight)
+    text = bytes(torch.randint(32, 127, (64 * 32,), generator=torch.Generator().manual_seed(0)))
+    bits = bytes_to_bits(text).view(64, -1)
+    elbo, mean = DiffusionObjective(None, "elbo"), DiffusionObjective(None, "mean")
+    torch.manual_seed(0)
+    losses = [elbo.training_step(model, bits, Knobs()).loss.item() for _ in range(20)]
+    predicted = DATA_BITS if kind == "frame" else FRAME_BITS
+    assert sum(losses) / len(losses) == pytest.approx(predicted * math.log(2), rel=0.05)
+    mean_loss = mean.training_step(model, bits, Knobs()).loss.item()
+    assert mean_loss == pytest.approx(math.log(2) * predicted / FRAME_BITS, rel=0.02)
+
+
+def test_an_unknown_weighting_is_refused():
+    with pytest.raises(BitLMError, match="diffusion_weighting"):
+        DiffusionObjective(4, "uniform")
+
+
+def test_frame_infilling_reads_the_whole_suffix_and_fits_one_frame_less():
+    model = diffusion_model("frame", max_seq_len=9 * 16)
+    out = diffusion_generate(model, b"ab", 6, GenerationOptions(suffix=b"012345789"))
+    assert len(out.bits) == 6 * FRAME_BITS and out.parity_repairs == 0
+    with pytest.raises(BitLMError, match="do not fit"):
+        diffusion_generate(model, b"", 7, GenerationOptions(suffix=b"012345789"))

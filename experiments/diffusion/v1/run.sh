@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Reproduces experiments/diffusion/README.md: the causal quickstart model and diffusion models
+# Reproduces experiments/diffusion/v1/README.md (the first release's bit diffusion, which
+# experiment=diffusion meant then: the V1 overrides below): the causal quickstart model and diffusion models
 # with each noise schedule (linear with and without the noise curriculum), each trained for the
 # same 300-second wall-clock budget (seed 1) and scored on LICENSE/AGPL-3.0.txt and the
 # validation split; then denoising accuracy against noise level, samples at 8 and 16 denoising
 # steps judged by the causal model, and infilling. About 35 min on a 2-core CPU.
-#   bash experiments/diffusion/run.sh [OUT]   (from the repository root, after `make setup`)
+#   bash experiments/diffusion/v1/run.sh [OUT]   (from the repository root, after `make setup`)
 set -euo pipefail
-OUT=${1:-experiments/diffusion/out}
+OUT=${1:-experiments/diffusion/v1/out}
+V1='model.diffusion_unit=bit module.diffusion_weighting=mean callbacks=diffusion'
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
 "$BIN/bitlm-bench" compare budget_s=300 'seeds=[1]' out_dir="$OUT" output="$OUT/compare.json" \
   'common_overrides=[]' \
-  'variants=["causal: experiment=quickstart","linear: experiment=diffusion model.noise_schedule=linear","cosine: experiment=diffusion model.noise_schedule=cosine","exp: experiment=diffusion model.noise_schedule=exp","linear_no_curriculum: experiment=diffusion callbacks.diffusion_curriculum.end=1.0"]' \
+  "variants=[\"causal: experiment=quickstart\",\"linear: experiment=diffusion $V1 model.noise_schedule=linear\",\"cosine: experiment=diffusion $V1 model.noise_schedule=cosine\",\"exp: experiment=diffusion $V1 model.noise_schedule=exp\",\"linear_no_curriculum: experiment=diffusion $V1 callbacks.diffusion_curriculum.end=1.0\"]" \
   > /dev/null
 # the commands a user runs, on the linear model
 MODEL="$OUT/linear/seed_1/model"
@@ -22,6 +24,6 @@ for steps in 8 16; do
 done
 "$BIN/bitlm-generate" ckpt_path="$MODEL" mode=diffusion diffusion_steps=16 temperature=0 \
   'prompt="The return statement "' 'suffix=" the function."' max_new_bytes=8 > "$OUT/infill_linear.json"
-"$BIN/python" experiments/diffusion/diffusion_report.py "$OUT" "$OUT/causal/seed_1" \
+"$BIN/python" experiments/diffusion/v1/diffusion_report.py "$OUT" "$OUT/causal/seed_1" \
   linear="$OUT/linear/seed_1" cosine="$OUT/cosine/seed_1" exp="$OUT/exp/seed_1" \
   linear_no_curriculum="$OUT/linear_no_curriculum/seed_1"

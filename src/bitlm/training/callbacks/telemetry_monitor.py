@@ -62,7 +62,7 @@ class TelemetryMonitor(L.Callback):
         model = pl_module.model
         # every rank runs the probe (a sharded model's forward is a collective); rank 0 logs
         with evaluating(model), torch.no_grad(), capture_internals(model) as internals:
-            _, aux = model(batch[: self.probe_size])
+            _, aux = pl_module(batch[: self.probe_size])
         if not trainer.is_global_zero:
             return
         scalars = {"telemetry/C_lz76_data": lz76_complexity(batch).mean().item()}

@@ -2,8 +2,9 @@
 
     python experiments/diffusion/report.py OUT
 
-Reads OUT/{full,half,adapted}.json (``bitlm-bench compare`` results: every variant trained for
-its budget over the same seeds, scored on the validation split and the held-out texts) and the
+Reads OUT/{full,half,adapted_<seed>}.json (``bitlm-bench compare`` results: every variant
+trained for its budget over the same seeds, scored on the validation split and the held-out
+texts) and the
 exported models under OUT/<compare>/<variant>/seed_<n>/model. Writes:
 
 * ``OUT/tables.md``, ``OUT/report.json``: per variant, training seconds, val bpb and held-out
@@ -33,7 +34,7 @@ from bitlm.io import load_model
 
 CAUSAL = ("full", "causal")
 """The reference: the causal model trained for the whole budget."""
-DIFFUSION = (("full", "frame"), ("full", "bit_v1"), ("adapted", "adapted"))
+DIFFUSION = (("full", "frame"), ("full", "bit_v1"), ("adapted_{seed}", "adapted"))
 SAMPLE_BYTES = 64
 SAMPLE_SEEDS = (0, 1, 2, 3)
 SETTINGS = {
@@ -59,23 +60,40 @@ def mean_std(values: list[float]) -> dict[str, float]:
     }
 
 
-def bound_table(results: dict[str, dict], variants: list[tuple[str, str]]) -> dict:
-    causal = results[CAUSAL[0]]["summary"][CAUSAL[1]]
+def variant_runs(out: Path) -> dict[str, list[dict]]:
+    """Each variant's runs (one per seed, in seed order), from the compare results: ``full``
+    and ``half`` hold theirs; each seed of ``adapted`` is its own compare (``adapted_<seed>``),
+    started from the ``causal_half`` model of that seed."""
+    full, half = (json.loads((out / f"{name}.json").read_text()) for name in ("full", "half"))
+    runs = {**full["runs"], **half["runs"]}
+    runs["adapted"] = [
+        json.loads((out / f"adapted_{seed}.json").read_text())["runs"]["adapted"][0]
+        for seed in full["seeds"]
+    ]
+    for adapted, start in zip(runs["adapted"], runs["causal_half"], strict=True):
+        adapted["seconds"] += start["seconds"]  # the adaptation's wall-clock includes its start
+    return runs
+
+
+def bound_table(runs: dict[str, list[dict]]) -> dict:
+    """Per variant: mean ± std over seeds of seconds, steps, val bpb, held-out bpb (the mean of
+    the held-out files) and each file's bpb, and the ratios of the means to the causal model's."""
     rows = {}
-    for compare, name in variants:
-        summary = results[compare]["summary"][name]
-        seconds = summary["seconds"] + (
-            results["half"]["summary"]["causal_half"]["seconds"] if name == "adapted" else 0
-        )
-        rows[name] = {
-            "seconds": seconds,
-            "steps": summary["steps"],
-            "val_bpb": summary["val_bpb"],
-            "held_out_bpb": summary["eval_bpb"],  # per seed: the mean over the held-out files
-            "files": {Path(f).name: v for f, v in summary["file_bpb"].items()},
-            "val_ratio": summary["val_bpb"]["mean"] / causal["val_bpb"]["mean"],
-            "held_out_ratio": summary["eval_bpb"]["mean"] / causal["eval_bpb"]["mean"],
+    for name, seeds in runs.items():
+        files = {
+            Path(f).name: mean_std([r["file_bpb"][f] for r in seeds]) for f in seeds[0]["file_bpb"]
         }
+        rows[name] = {
+            "seconds": statistics.mean(r["seconds"] for r in seeds),
+            "steps": statistics.mean(r["steps"] for r in seeds),
+            "val_bpb": mean_std([r["val_bpb"] for r in seeds]),
+            "held_out_bpb": mean_std([r["eval_bpb"] for r in seeds]),
+            "files": files,
+        }
+    causal = rows[CAUSAL[1]]
+    for row in rows.values():
+        row["val_ratio"] = row["val_bpb"]["mean"] / causal["val_bpb"]["mean"]
+        row["held_out_ratio"] = row["held_out_bpb"]["mean"] / causal["held_out_bpb"]["mean"]
     return rows
 
 
@@ -96,7 +114,7 @@ def samples(out: Path, seeds: list[int]) -> dict:
 
 def run_dir(out: Path, variant: tuple[str, str], seed: int) -> Path:
     compare, name = variant
-    return out / compare / name / f"seed_{seed}" / "model"
+    return out / compare.format(seed=seed) / name / f"seed_{seed}" / "model"
 
 
 def sampled(models: dict, judges: dict, options: GenerationOptions) -> dict:
@@ -178,18 +196,15 @@ def sample_text(sampled: dict) -> str:
 
 
 def main(out: Path) -> None:
-    results = {
-        name: json.loads((out / f"{name}.json").read_text()) for name in ("full", "half", "adapted")
-    }
-    seeds = results["full"]["seeds"]
-    variants = [CAUSAL, ("half", "causal_half"), *DIFFUSION]
-    rows = bound_table(results, variants)
+    runs = variant_runs(out)
+    seeds = [int(Path(r["run_dir"]).name.removeprefix("seed_")) for r in runs[CAUSAL[1]]]
+    rows = bound_table(runs)
     sampled = samples(out, seeds)
     report = {"seeds": seeds, "bounds": rows, "samples": sampled}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "tables.md").write_text(tables(rows, sampled))
     (out / "samples.md").write_text(sample_text(sampled))
-    plot(rows, rows["causal"], out / "bounds.png")
+    plot(rows, rows[CAUSAL[1]], out / "bounds.png")
     print((out / "tables.md").read_text())
 
 

@@ -7,26 +7,21 @@
 #   bit_v1   the first release's diffusion                bits masked, mean loss, noise curriculum
 #   adapted  causal for BUDGET/2 s, then experiment=diffusion finetune=true from it for BUDGET/2 s
 # then greedy and sampled generations of every diffusion model, judged by the causal model
-# (report.py). About 45 min on a 2-core CPU at BUDGET=180.
+# (report.py). About 50 min on a 2-core CPU (BUDGET=150 s, the README's figures; SEEDS=[1,2,3]).
 #   bash experiments/diffusion/run.sh [OUT]   (from the repository root, after `make setup`)
 set -euo pipefail
 OUT=${1:-experiments/diffusion/out}
 BIN=${BIN:-.venv/bin}
-BUDGET=${BUDGET:-180}
+BUDGET=${BUDGET:-150}
 SEEDS=${SEEDS:-[1,2,3]}
-"$BIN/python" experiments/generalization/heldout.py "$OUT/heldout" > /dev/null
-H="$OUT/heldout"
-HELD="eval_files=[$H/legal.txt,$H/changelog.md,$H/code.py,$H/manual.txt]"
-compare() {  # NAME BUDGET VARIANT...
-  local name=$1 budget=$2 variants
-  shift 2
-  variants=$(printf '"%s",' "$@")
-  "$BIN/bitlm-bench" compare "budget_s=$budget" "seeds=$SEEDS" "$HELD" 'common_overrides=[]' \
-    out_dir="$OUT/$name" output="$OUT/$name.json" "variants=[${variants%,}]" > /dev/null
-}
-compare full "$BUDGET" "causal: experiment=quickstart" "frame: experiment=diffusion" \
+EXTRA=('common_overrides=[]')  # each variant names its experiment
+source experiments/compare.sh
+held_out
+compare full "$BUDGET" "$SEEDS" "causal: experiment=quickstart" "frame: experiment=diffusion" \
   "bit_v1: experiment=diffusion model.diffusion_unit=bit module.diffusion_weighting=mean callbacks=diffusion"
-compare half $((BUDGET / 2)) "causal_half: experiment=quickstart"
-compare adapted $((BUDGET / 2)) \
-  "adapted: experiment=diffusion finetune=true ckpt_path=$OUT/half/causal_half/seed_\${seed}/model"
+compare half $((BUDGET / 2)) "$SEEDS" "causal_half: experiment=quickstart"
+for seed in $(tr -d '[]' <<< "$SEEDS" | tr ',' ' '); do  # each seed from its own causal model
+  compare "adapted_$seed" $((BUDGET / 2)) "[$seed]" \
+    "adapted: experiment=diffusion finetune=true ckpt_path=$OUT/half/causal_half/seed_$seed/model"
+done
 "$BIN/python" experiments/diffusion/report.py "$OUT"

@@ -14,20 +14,12 @@ OUT=${1:-experiments/generalization/out}
 STAGE=${2:-all}
 shift $(( $# > 2 ? 2 : $# ))
 BIN=${BIN:-.venv/bin}
-"$BIN/python" experiments/generalization/heldout.py "$OUT/heldout" > /dev/null
 EXTRA=("$@")
 BUDGET=${BUDGET:-120}
-H="$OUT/heldout"
-HELD="eval_files=[$H/legal.txt,$H/changelog.md,$H/code.py,$H/manual.txt]"
-compare() {  # NAME SEEDS VARIANT...
-  local name=$1 seeds=$2 variants
-  shift 2
-  variants=$(printf '"%s",' "$@")
-  "$BIN/bitlm-bench" compare "budget_s=$BUDGET" "seeds=$seeds" "$HELD" out_dir="$OUT/$name" \
-    output="$OUT/$name.json" "variants=[${variants%,}]" "${EXTRA[@]}" > /dev/null
-}
+source experiments/compare.sh
+held_out
 if [[ $STAGE == screen || $STAGE == all ]]; then
-  compare screen '[1]' "default: model=small" "byte_baseline: model=byte_baseline" \
+  compare screen "$BUDGET" '[1]' "default: model=small" "byte_baseline: model=byte_baseline" \
     "embed_byte: model.frame_embedding=byte" "embed_both: model.frame_embedding=both" \
     "head_prefix: model.tree_head=prefix" \
     "both_prefix: model.frame_embedding=both model.tree_head=prefix" \
@@ -37,7 +29,7 @@ if [[ $STAGE == screen || $STAGE == all ]]; then
     "context_64: model.max_seq_len=576"
 fi
 if [[ $STAGE == confirm || $STAGE == all ]]; then
-  compare confirm '[1,2,3]' "default: model=small" "byte_baseline: model=byte_baseline" \
+  compare confirm "$BUDGET" '[1,2,3]' "default: model=small" "byte_baseline: model=byte_baseline" \
     "smooth_0.05: module.label_smoothing=0.05" "lambda_S_0.1: module.lambda_S=0.1" \
     "byte_smooth_0.05: model=byte_baseline module.label_smoothing=0.05" \
     "shared_smooth: model.frame_embedding=both model.tree_head=prefix module.label_smoothing=0.05"

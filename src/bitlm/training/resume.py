@@ -25,13 +25,14 @@ def step_seed(run_seed: int, global_batch: int, rank: int) -> int:
 
 
 def grown_from(path: str, config: ModelConfig) -> torch.nn.Module:
-    """The float model at ``path`` (a .ckpt or an exported folder) grown to ``config``."""
+    """The float model at ``path`` (a .ckpt or an exported folder) grown to ``config``, in
+    train mode (a loaded model comes in eval mode, which Lightning would keep)."""
     if quantization_of(path):
         raise BitLMError(
             f"module.init_from={path} is a quantized export; start from the float model "
             "(<run dir>/model or a .ckpt)"
         )
-    return grow_to(load_model(path), config).model
+    return grow_to(load_model(path), config).model.train()
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:

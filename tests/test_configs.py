@@ -164,11 +164,21 @@ def test_safety_callbacks_extend_the_defaults(tmp_path):
     assert cfg.callbacks.safety_gate.action == "warn"
 
 
-def test_diffusion_experiment_switches_mode_and_adds_the_curriculum(tmp_path):
+def test_diffusion_experiment_switches_to_frame_diffusion_and_the_curriculum_is_a_choice(tmp_path):
     cfg = _compose("train", "experiment=diffusion", f"paths.output_dir={tmp_path}")
     quickstart = _compose("train", f"paths.output_dir={tmp_path}")
     assert cfg.model.mode == "diffusion" and quickstart.model.mode == "causal"
-    assert set(quickstart.callbacks) | {"diffusion_curriculum"} == set(cfg.callbacks)
+    assert cfg.model.diffusion_unit == "frame" and cfg.module.diffusion_weighting == "elbo"
+    assert set(quickstart.callbacks) == set(cfg.callbacks)  # the bound covers every noise level
+    v1 = _compose(
+        "train",
+        "experiment=diffusion",
+        "model.diffusion_unit=bit",
+        "module.diffusion_weighting=mean",
+        "callbacks=diffusion",
+        f"paths.output_dir={tmp_path}",
+    )
+    assert set(quickstart.callbacks) | {"diffusion_curriculum"} == set(v1.callbacks)
     assert cfg.trainer.max_steps == quickstart.trainer.max_steps
     assert instantiate(cfg.model).mode == "diffusion"
     flat = _compose("train", "experiment=diffusion", "model.trunk=flat", "model=tiny")

@@ -107,8 +107,7 @@ def _denoise_bits(
         if not remask:
             score = score.masked_fill(~masked, math.inf)
         score = score.masked_fill(~free, math.inf)
-        ranks = score.argsort(dim=1, stable=True).argsort(dim=1)
-        now_masked = free & (ranks < still_masked.to(x.device)[:, None])
+        now_masked = _lowest(score, still_masked) & free
         revealed = masked & ~now_masked
         x = torch.where(revealed, draws.long(), x).masked_fill(now_masked, MASK)
         confidence = torch.where(revealed, p_draw, confidence)
@@ -138,8 +137,7 @@ def _denoise_frames(
             noise = _gumbel(free.shape, generator, frames.device)
             score = score + torch.where(masked, options.choice_temperature * k / steps * noise, 0)
         score = score.masked_fill(~free, math.inf)
-        ranks = score.argsort(dim=1, stable=True).argsort(dim=1)
-        now_masked = free & (ranks < still_masked.to(frames.device)[:, None])
+        now_masked = _lowest(score, still_masked) & free
         revealed = masked & ~now_masked
         frames = torch.where(revealed[..., None], drawn, frames)
         frames = frames.masked_fill(now_masked[..., None], MASK)
@@ -148,14 +146,22 @@ def _denoise_frames(
     return frames.flatten(1)
 
 
+def _lowest(score: Tensor, counts: Tensor) -> Tensor:
+    """A mask (B, U) of the ``counts[b]`` units of lowest ``score`` in each row: those that stay
+    (or become) masked after a step."""
+    ranks = score.argsort(dim=1, stable=True).argsort(dim=1)
+    return ranks < counts.to(score.device)[:, None]
+
+
 def _draw_frames(
     model: TransformerLM, frames: Tensor, hidden: Tensor, temperature: float, generator
 ) -> tuple[Tensor, Tensor]:
-    """A frame (B, n, 9) drawn for every position with the ``hidden`` ones unseen, its 8 data
-    bits one after another through the in-frame decoder at ``temperature`` (0: each bit's
-    argmax) and its parity computed, and the log-probability (B, n) it was drawn with."""
+    """A frame drawn for each ``hidden`` position of frames (B, n, 9) with those unseen, its 8
+    data bits one after another through the in-frame decoder at ``temperature`` (0: each bit's
+    argmax) and its parity computed; returns frames with the drawn ones in place and the
+    log-probability (B, n) each was drawn with (0 where nothing was drawn)."""
     contexts = model.frame_contexts(shift_right(hide(frames, hidden)), causal=False)
-    contexts = contexts.flatten(0, 1)  # (N, context_size)
+    contexts = contexts[hidden]  # (N, context_size): only the frames being drawn
     symbols = torch.full((contexts.size(0), 1), MASK, device=frames.device)
     log_p = torch.zeros(contexts.size(0), device=frames.device)
     for j in range(DATA_BITS):
@@ -167,8 +173,10 @@ def _draw_frames(
         log_p += torch.where(bit, p_one, 1 - p_one).clamp_min(1e-12).log()
         symbols = torch.cat((symbols, bit.long()[:, None]), dim=1)
     data = symbols[:, 1:]
-    drawn = torch.cat((data, data.sum(-1, keepdim=True) % 2), dim=1)
-    return drawn.view(frames.shape), log_p.view(frames.shape[:2])
+    drawn, all_log_p = frames.clone(), torch.zeros(frames.shape[:2], device=frames.device)
+    drawn[hidden] = torch.cat((data, data.sum(-1, keepdim=True) % 2), dim=1)
+    all_log_p[hidden] = log_p
+    return drawn, all_log_p
 
 
 def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:

@@ -4,10 +4,12 @@
 # the experiment=quickstart recipe with one change, trained for the same wall-clock budget and
 # scored on the validation split and on four held-out texts of other kinds (heldout.py): a
 # licence, Markdown release notes, Python source, a user manual.
-#   bash experiments/generalization/run.sh [OUT] [screen|confirm|all]
+#   bash experiments/generalization/run.sh [OUT] [screen|confirm|isolate|all]
 # screen: 13 variants, 1 seed, 120 s each (~40 min on a 2-core CPU); confirm: the candidates
-# the screen kept, with the default and the byte baseline, 3 seeds, 120 s (~45 min).
-# BUDGET=seconds per run (default 120; the confirm run in the README used 100); any extra
+# the screen kept, with the default and the byte baseline, 3 seeds, 120 s (~45 min); isolate:
+# the structural options alone and the two priors at a quarter of their strength, 3 seeds
+# (the README's run: BUDGET=150, ~65 min).
+# BUDGET=seconds per run (default 120; the README used 100 to confirm, 150 to isolate); any extra
 # arguments are bitlm-bench compare overrides.
 set -euo pipefail
 OUT=${1:-experiments/generalization/out}
@@ -33,4 +35,9 @@ if [[ $STAGE == confirm || $STAGE == all ]]; then
     "smooth_0.05: module.label_smoothing=0.05" "lambda_S_0.1: module.lambda_S=0.1" \
     "byte_smooth_0.05: model=byte_baseline module.label_smoothing=0.05" \
     "shared_smooth: model.frame_embedding=both model.tree_head=prefix module.label_smoothing=0.05"
+fi
+if [[ $STAGE == isolate || $STAGE == all ]]; then
+  compare isolate "$BUDGET" '[1,2,3]' "default: model=small" "byte_baseline: model=byte_baseline" \
+    "embed_both: model.frame_embedding=both" "head_prefix: model.tree_head=prefix" \
+    "smooth_0.02: module.label_smoothing=0.02" "lambda_S_0.02: module.lambda_S=0.02"
 fi

@@ -4,12 +4,15 @@
 # the experiment=quickstart recipe with one change, trained for the same wall-clock budget and
 # scored on the validation split and on four held-out texts of other kinds (heldout.py): a
 # licence, Markdown release notes, Python source, a user manual.
-#   bash experiments/generalization/run.sh [OUT] [screen|confirm|isolate|all]
+#   bash experiments/generalization/run.sh [OUT] [screen|confirm|isolate|longer|all]
 # screen: 13 variants, 1 seed, 120 s each (~40 min on a 2-core CPU); confirm: the candidates
 # the screen kept, with the default and the byte baseline, 3 seeds, 120 s (~45 min); isolate:
 # the structural options alone and the two priors at a quarter of their strength, 3 seeds
-# (the README's run: BUDGET=150, ~65 min).
-# BUDGET=seconds per run (default 120; the README used 100 to confirm, 150 to isolate); any extra
+# (the README's run: BUDGET=150, ~65 min); longer: the isolate stage's winner, alone and with
+# the byte embedding added, against the default and the byte baseline at twice the budget (the
+# README's run: BUDGET=300, ~70 min).
+# BUDGET=seconds per run (default 120; the README used 100 to confirm, 150 to isolate, 300 for
+# longer); any extra
 # arguments are bitlm-bench compare overrides.
 set -euo pipefail
 OUT=${1:-experiments/generalization/out}
@@ -40,4 +43,9 @@ if [[ $STAGE == isolate || $STAGE == all ]]; then
   compare isolate "$BUDGET" '[1,2,3]' "default: model=small" "byte_baseline: model=byte_baseline" \
     "embed_both: model.frame_embedding=both" "head_prefix: model.tree_head=prefix" \
     "smooth_0.02: module.label_smoothing=0.02" "lambda_S_0.02: module.lambda_S=0.02"
+fi
+if [[ $STAGE == longer || $STAGE == all ]]; then
+  compare longer "$BUDGET" '[1,2,3]' "default: model=small" "byte_baseline: model=byte_baseline" \
+    "lambda_S_0.02: module.lambda_S=0.02" \
+    "lambda_S_embed: module.lambda_S=0.02 model.frame_embedding=both"
 fi

@@ -1,5 +1,6 @@
 """Causal generation: whole-frame draws against bit-by-bit draws, batched decoding against
-decoding alone, per-sequence stops, budgets and deadlines in a running batch."""
+decoding alone, per-sequence stops, budgets and deadlines in a running batch, the engine that
+batches concurrent callers."""
 
 import time
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 
 from bitlm.core.bits import DATA_BITS, FRAME_TABLE, bits_to_bytes
-from bitlm.core.errors import TimeLimitExceeded
+from bitlm.core.errors import BitLMError, TimeLimitExceeded
 from bitlm.generation import GenerationOptions, generate_bits, generate_many
 from bitlm.generation.causal import CausalBatch
 from bitlm.generation.draws import bit_distribution, byte_distribution, draw_bytes
+from bitlm.generation.engine import Cancelled, Engine
 from bitlm.model import build_model
 from bitlm.model.attention import KVCache
 from bitlm.model.config import ModelConfig
@@ -193,3 +195,35 @@ def test_a_stream_holds_back_only_what_may_still_become_the_stop_string():
     continuation.accept(ord("N"))
     assert continuation.accept(ord("D")) is True
     assert continuation.settled() == b"abcENx"
+
+
+def test_the_engine_lets_a_late_request_join_the_running_batch_and_leave_first():
+    model = tiny_model("tree")
+    engine = Engine(model, max_batch=4)
+    try:
+        seen = []
+        long = engine.submit(b"Hi", 60, GenerationOptions(seed=1), lambda s, d: seen.append(d))
+        while len(seen) < 5:  # the long one is decoding
+            time.sleep(0.001)
+        short = engine.submit(b"Yo", 5, GenerationOptions(seed=2))
+        short_bits = short.result(timeout=60)
+        assert not long.done  # the short one joined, finished and left while the long one ran
+        long_bits = long.result(timeout=60)
+        assert torch.equal(
+            short_bits.bits, generate_bits(model, b"Yo", 5, GenerationOptions(seed=2))
+        )
+        assert torch.equal(
+            long_bits.bits, generate_bits(model, b"Hi", 60, GenerationOptions(seed=1))
+        )
+        assert engine.steps < 65 and long.finish_reason == "length"
+        cancelled = engine.submit(b"", 10_000, GenerationOptions())
+        cancelled.cancel()
+        with pytest.raises(Cancelled):
+            cancelled.result(timeout=60)
+        # what a batch cannot take (a suffix) is sampled directly, with sample's errors
+        with pytest.raises(BitLMError, match="diffusion"):
+            engine.sample(model, b"a", 3, GenerationOptions(suffix=b"z"))
+    finally:
+        engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit(b"", 1, GenerationOptions())

@@ -197,6 +197,7 @@ class Continuation:
     output: bytearray = field(default_factory=bytearray)
     error: Exception | None = None
     done: bool = False
+    stopped: bool = False  # ended by its stop string (not its budget)
 
     def accept(self, value: int) -> bool:
         """Append a sampled byte; whether the continuation is finished (its stop string, whose
@@ -206,7 +207,7 @@ class Continuation:
         stop = self.options.stop
         if stop and self.output.endswith(stop):
             del self.output[len(self.output) - len(stop) :]
-            self.done = True
+            self.done = self.stopped = True
         self.done = self.done or self.budget <= 0
         return self.done
 

@@ -84,18 +84,30 @@ def test_attention_reports_time_and_memory_ratios(run_cli, tmp_path):
         assert row["memory_chunked_vs_unchunked"] >= 0
 
 
-def test_generate_compares_cached_with_uncached(run_cli, tmp_path):
+def test_generate_reports_batched_and_uncached_speed(run_cli, tmp_path):
     figure = tmp_path / "generate.png"
     report = _bench(
-        run_cli, tmp_path, "generate", "contexts=[90,180]", "new_bytes=2", f"plot={figure}"
+        run_cli,
+        tmp_path,
+        "generate",
+        "contexts=[90,180]",
+        "new_bytes=2",
+        "batch_sizes=[1,3]",
+        "uncached=true",
+        "repeats=1",
+        f"plot={figure}",
     )
     assert _is_png(figure)
-    assert report["max_seq_len"] >= 180 + 9 * 2
+    assert report["max_seq_len"] >= 180 + 9 * 2 and report["batch_sizes"] == [1, 3]
     assert [row["context_bits"] for row in report["results"].values()] == [90, 180]
     for row in report["results"].values():
-        assert row["speedup"] == pytest.approx(
-            row["cached"]["bytes_per_s"] / row["uncached"]["bytes_per_s"]
+        assert row["cache_speedup"] == pytest.approx(
+            row["batch_1"]["bytes_per_s"] / row["uncached"]["bytes_per_s"]
         )
+        assert row["batch_speedup"]["3"] == pytest.approx(
+            row["batch_3"]["bytes_per_s"] / row["batch_1"]["bytes_per_s"]
+        )
+        assert row["batch_3"]["bytes_per_s"] == pytest.approx(3 * 2 / row["batch_3"]["seconds"])
 
 
 @pytest.mark.parametrize(("trunk", "positions_per_byte"), [("flat", 9), ("hierarchical", 1)])

@@ -10,7 +10,7 @@ import torch
 
 from bitlm.core.bits import DATA_BITS, FRAME_BITS, bytes_to_bits, decode_bits
 from bitlm.core.errors import BitLMError
-from bitlm.generation import GenerationOptions, safe_sample_with_retry, sample
+from bitlm.generation import GenerationOptions, safe_sample_with_retry, sample, sample_many
 from bitlm.generation.diffusion import denoise, diffusion_generate, repair_parity
 from bitlm.io import save_pretrained
 from bitlm.model import ModelConfig, build_model
@@ -195,6 +195,27 @@ def test_choice_temperature_randomises_the_order_bits_are_filled_in(kind):
     assert not all(torch.equal(greedy(100.0, 0), greedy(100.0, seed)) for seed in (1, 2, 3))
     with pytest.raises(BitLMError, match="choice_temperature"):
         greedy(-1.0, 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("remask", [False, True])
+def test_prompts_denoised_together_get_their_text_alone(kind, remask):
+    """Prompts of different lengths, 20 bytes in an 8-byte window (windows of different
+    layouts, so rows split and join groups), each with its own seed and one with a suffix."""
+    model = diffusion_model(kind, max_seq_len=72).eval()
+    prompts = [b"", b"Hi", b"The quick brown fox", b"ab"]
+    options = [
+        GenerationOptions(diffusion_steps=4, seed=seed, remask=remask) for seed in range(3)
+    ] + [GenerationOptions(diffusion_steps=4, seed=9, remask=remask, suffix=b"xyz")]
+    lengths = [20, 20, 20, 4]
+    together = sample_many(model, prompts[:3], 20, options[:3])
+    infill = sample_many(model, prompts, 4, options)
+    for prompt, option, n, got in zip(
+        prompts, options, lengths, together + infill[3:], strict=True
+    ):
+        alone = sample(model, prompt, n, option)
+        assert torch.equal(got.bits, alone.bits) and got.parity_repairs == alone.parity_repairs
+        assert decode_bits(got.bits, errors="replace")[1] == 0
 
 
 def test_generation_longer_than_the_window_continues_window_by_window():

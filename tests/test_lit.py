@@ -80,6 +80,23 @@ def test_kcs_terms_add_to_the_training_loss(tmp_path):
     assert losses[1] > losses[0] + 0.1
 
 
+@pytest.mark.parametrize(
+    ("model", "options", "expected"),
+    [
+        ({}, {}, 0.02),  # a causal bit model: the default prior (experiments/generalization)
+        ({}, {"lambda_S": 0.0}, 0.0),  # the first release's loss, one override away
+        ({}, {"telemetry": False}, 0.0),
+        ({"mode": "diffusion"}, {}, 0.0),  # no next-bit predictions to regularise
+        ({"unit": "byte"}, {}, 0.0),
+    ],
+)
+def test_the_symbiosis_prior_defaults_to_0_02_where_bits_are_predicted(model, options, expected):
+    module = BitLMModule({**TELEMETRY_CONFIG, **model}, **options)
+    assert module.hparams["lambda_S"] == expected
+    if module.telemetry is not None:  # the loss term the training step adds
+        assert module.telemetry.kcs.lambda_S == expected
+
+
 def test_symbiosis_against_a_reference_model_of_the_same_weights_is_one(tmp_path):
     reference = BitLMModule(TELEMETRY_CONFIG)
     save_pretrained(reference.model, tmp_path / "ref")

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from bitlm import io as hub
 from bitlm.core.errors import BitLMError
+from bitlm.generation import GenerationOptions, generate
 from bitlm.model import build_model
 from bitlm.model.config import ModelConfig
 from bitlm.serve.app import create_app
@@ -653,6 +654,15 @@ def test_dashboard_in_headless_chromium(trained_run, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors = []
             page.on("pageerror", lambda err: errors.append(str(err)))
+            kinds = []  # the generation box streams: /generate answers with server-sent events
+            page.on(
+                "response",
+                lambda r: (
+                    kinds.append(r.headers.get("content-type", ""))
+                    if r.url.endswith("/generate")
+                    else None
+                ),
+            )
             page.goto(url)
             page.wait_for_selector("figure[data-chart=bpb] polyline[data-series='val/bpb']")
             assert page.locator("svg polyline").count() == 7  # K×2, C, S, loss, bpb×2
@@ -668,6 +678,7 @@ def test_dashboard_in_headless_chromium(trained_run, tmp_path):
             assert page.locator("#output").inner_text().startswith("The ")
             assert "24 bytes" in page.locator("#generation-info").inner_text()
             assert "parity errors 0" in page.locator("#generation-info").inner_text()
+            assert kinds and kinds[-1].startswith("text/event-stream")
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
@@ -681,3 +692,106 @@ def test_dashboard_in_headless_chromium(trained_run, tmp_path):
     # the charts' blue and red lines (and the blue button) were drawn, on a real page
     assert near((37, 99, 235)) > 500 and near((220, 38, 38)) > 100
     assert len(np.unique(pixels, axis=0)) > 50
+
+
+# --- streaming, the OpenAI-style routes, continuous batching ---------------------------------
+
+
+def _events(response) -> list:
+    """The data of each server-sent event of a streamed response."""
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in response.text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    return [e[6:] if e == "data: [DONE]" else __import__("json").loads(e[6:]) for e in events]
+
+
+def test_a_streamed_generation_sends_its_text_in_pieces_then_the_report(client):
+    body = {"prompt": "Once", "max_new_bytes": 20, "seed": 3, "temperature": 1.0}
+    whole = client.post("/generate", json=body).json()
+    events = _events(client.post("/generate", json=body | {"stream": True}))
+    *pieces, last = events
+    assert len(pieces) > 1 and all(set(p) == {"text"} for p in pieces)
+    assert "".join(p["text"] for p in pieces) == whole["text"]
+    assert last["done"] is True and last["bytes"] == 20 and last["parity_errors"] == 0
+    assert last["finish_reason"] == "length"
+    stop = whole["text"][8:10]
+    stopped = _events(client.post("/generate", json=body | {"stream": True, "stop": stop}))
+    text = "".join(e.get("text", "") for e in stopped)
+    assert text == whole["text"][: whole["text"].index(stop)]
+    assert stopped[-1]["finish_reason"] == "stop"
+
+
+def test_a_stream_past_its_deadline_ends_with_the_error(tmp_path):
+    client = TestClient(_app(tmp_path, limits=Limits(timeout_s=0.05)))
+    events = _events(client.post("/generate", json={"max_new_bytes": 1000, "stream": True}))
+    assert events[-1]["done"] is True and "time limit" in events[-1]["error"]
+
+
+def test_a_streamed_sample_is_judged_by_the_safety_gate_at_its_end(tmp_path):
+    strict = {"c_floor": 2.0, "max_retries": 3, "backoff_s": 0.0}  # every sample is unsafe
+    client = TestClient(_app(tmp_path, safety=strict))
+    last = _events(client.post("/generate", json={"max_new_bytes": 16, "stream": True}))[-1]
+    assert last["safe"] is False and last["telemetry"]["c_low"] is True
+
+
+def test_the_openai_client_lists_the_model_and_completes_streamed_or_not(trained_run, tmp_path):
+    openai = pytest.importorskip("openai")
+    run_dir, _ = trained_run  # a trained model writes text, so a stop string can be found in it
+    model = hub.load_model(run_dir / "model")
+    app = create_app(model, Settings(token=TOKEN, safety=None, allowed_hosts=TEST_HOSTS))
+    with live_server(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["bitlm"]
+        done = client.completions.create(
+            model="bitlm", prompt="Hi", max_tokens=12, temperature=0.9, n=2, seed=4
+        )
+        assert [c.index for c in done.choices] == [0, 1]
+        assert all(c.finish_reason == "length" for c in done.choices)
+        assert done.usage.prompt_tokens == 2 and done.usage.completion_tokens == 24
+        # choice i is seed + i: what /generate gives for that seed
+        for choice in done.choices:
+            body = {"prompt": "Hi", "max_new_bytes": 12, "temperature": 0.9}
+            alone = httpx.post(f"{url}/generate", json=body | {"seed": 4 + choice.index})
+            assert choice.text == alone.json()["text"]
+        streamed = client.completions.create(
+            model="bitlm", prompt="Hi", max_tokens=12, temperature=0.9, n=2, seed=4, stream=True
+        )
+        texts, reasons = ["", ""], [None, None]
+        for chunk in streamed:
+            for choice in chunk.choices:
+                texts[choice.index] += choice.text
+                reasons[choice.index] = choice.finish_reason or reasons[choice.index]
+        assert texts == [c.text for c in done.choices] and reasons == ["length", "length"]
+        first = done.choices[0].text
+        stop = next(c for c in first[1:] if c.isascii() and first.index(c) > 0)
+        cut = client.completions.create(
+            model="bitlm", prompt="Hi", max_tokens=12, temperature=0.9, seed=4, stop=[stop]
+        )
+        assert cut.choices[0].finish_reason == "stop"
+        assert cut.choices[0].text == first[: first.index(stop)]
+        with pytest.raises(openai.NotFoundError, match="not served here"):
+            client.completions.create(model="gpt-4", prompt="Hi")
+        with pytest.raises(openai.UnprocessableEntityError, match="one stop string"):
+            client.completions.create(model="bitlm", prompt="Hi", stop=["a", "b"])
+
+
+def test_32_concurrent_clients_each_get_what_decoding_alone_gives(tmp_path):
+    """Distinct prompts, greedy: every answer is its own, intact, with no parity error, while
+    the requests decode together in one batch."""
+    app = _app(tmp_path, limits=Limits(max_concurrent=16, max_queued=32))
+    model = app.state.server.model
+    prompts = [f"{i} bottles of {'beer' if i % 2 else 'milk'}" for i in range(32)]
+    with live_server(app) as url:
+
+        def one(prompt: str) -> dict:
+            body = {"prompt": prompt, "max_new_bytes": 16, "temperature": 0}
+            return httpx.post(f"{url}/generate", json=body, timeout=120).json()
+
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(one, prompts))
+        steps = app.state.server.engine.steps
+    for prompt, answer in zip(prompts, answers, strict=True):
+        alone = generate(model, prompt.encode(), 16, GenerationOptions(temperature=0))
+        assert answer["text"] == alone.decode("utf-8", errors="replace")
+        assert answer["parity_errors"] == 0 and answer["bytes"] == 16
+    assert steps < 32 * 16 / 2  # batched: far fewer byte steps than bytes made

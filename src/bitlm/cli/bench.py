@@ -90,7 +90,9 @@ def _attention(cfg: DictConfig) -> dict[str, Any]:
 
 def _generate(cfg: DictConfig) -> dict[str, Any]:
     _check_positive(cfg, "new_bytes", "repeats")
-    _check_nonempty(cfg, "contexts")
+    _check_nonempty(cfg, "contexts", "batch_sizes")
+    if not all(isinstance(b, int) and b >= 1 for b in cfg.batch_sizes):
+        raise BitLMError(f"batch_sizes must be positive integers, got {list(cfg.batch_sizes)}")
     return generation.run(
         instantiate(cfg.model),
         pick_device(cfg.device),
@@ -98,6 +100,8 @@ def _generate(cfg: DictConfig) -> dict[str, Any]:
         cfg.new_bytes,
         cfg.repeats,
         cfg.seed,
+        list(cfg.batch_sizes),
+        cfg.uncached,
         _progress,
     )
 

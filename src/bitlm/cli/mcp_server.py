@@ -24,6 +24,7 @@ from bitlm.core.errors import BitLMError, optional_dependencies
 from bitlm.core.runtime import pick_device
 from bitlm.evaluation.bpb import compressor_references, text_bpb
 from bitlm.generation import generate_text, load_bit_model, text_telemetry
+from bitlm.generation.engine import Engine
 from bitlm.model import BitModel
 from bitlm.serve.schemas import GenerateRequest, TextRequest
 from bitlm.serve.settings import Settings, server_settings
@@ -35,6 +36,7 @@ def build_server(model: BitModel, settings: Settings):
         from mcp.server.mcpserver import MCPServer
         from mcp.server.mcpserver.exceptions import ToolError
     limits = settings.limits
+    engine = Engine(model, limits.max_concurrent)  # concurrent tool calls decode together
 
     def answered(function):
         """``function(request)``, refusing a request over ``limits``; a ``BitLMError`` reaches
@@ -56,12 +58,15 @@ def build_server(model: BitModel, settings: Settings):
         POST /generate). Returns the text, its byte count, parity errors (always 0: every byte
         is a valid 9-bit frame) and, when the safety gate is on, the K/C/S telemetry the
         sample passed."""
+        if request.stream:
+            raise BitLMError("an MCP tool answers once: streaming is bitlm-serve's")
         return generate_text(
             model,
             request.prompt.encode(),
             request.max_new_bytes,
             request.generation_options(deadline=time.monotonic() + limits.timeout_s),
             safety=settings.safety,
+            draw=engine.sample,
         )
 
     @answered

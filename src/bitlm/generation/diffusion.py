@@ -16,11 +16,19 @@ so a unit drawn on little evidence early can be masked again and redrawn once it
 known (ReMDM's confidence remasking). Last, a bit model's frames are made to decode by
 ``repair_parity``: in a frame of odd parity it flips the bit drawn with the lowest probability,
 the most probable even-parity frame among single flips; a frame model computes parity.
+
+**Batches** (``diffusion_generate_many``): prompts are denoised together, one window each per
+round, rows whose windows have the same layout and denoising options in one pass. Every random
+draw of a row comes from that row's own generator (``Draws``), so a prompt gets the same text
+with the same seed whichever prompts it is denoised with.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -28,7 +36,7 @@ from torch import Tensor
 
 from bitlm.core.bits import DATA_BITS, FRAME_BITS, bytes_to_bits
 from bitlm.core.errors import BitLMError, check_deadline
-from bitlm.generation.options import GenerationOptions
+from bitlm.generation.options import GenerationOptions, per_prompt
 from bitlm.model.hierarchical import hide
 from bitlm.model.noise import corruption_rate
 from bitlm.model.transformer import MASK, TransformerLM, evaluating, shift_right
@@ -42,15 +50,45 @@ class Sample(NamedTuple):
     parity_repairs: int
 
 
-def repair_parity(bits: Tensor, confidence: Tensor) -> tuple[Tensor, int]:
+class Draws:
+    """Uniform draws in [0, 1) for a batch of rows, each row's from its own generator (None:
+    torch's global one for all rows), so that a row draws what it would alone."""
+
+    def __init__(self, generators: Sequence[torch.Generator] | None, device: torch.device):
+        self.generators, self.device = generators, device
+
+    def uniform(self, shape: torch.Size) -> Tensor:
+        """(B, …) draws: row b's ``shape[1:]`` from generator b."""
+        if self.generators is None:
+            return torch.rand(shape, device=self.device)
+        return torch.stack([self._rand(shape[1:], g) for g in self.generators])
+
+    def ragged(self, counts: Tensor) -> Tensor:
+        """``counts.sum()`` draws, row b's ``counts[b]`` of them after row b−1's (the order of
+        a boolean mask's selected positions)."""
+        if self.generators is None:
+            return torch.rand(int(counts.sum()), device=self.device)
+        rows = zip(counts.tolist(), self.generators, strict=True)
+        return torch.cat([self._rand((n,), g) for n, g in rows])
+
+    def gumbel(self, shape: torch.Size) -> Tensor:
+        """Standard Gumbel noise −log(−log U) (B, …)."""
+        u = self.uniform(shape).clamp(1e-12, 1 - 1e-7)
+        return -(-u.log()).log()
+
+    def _rand(self, shape, generator: torch.Generator) -> Tensor:
+        return torch.rand(shape, generator=generator, device=self.device)
+
+
+def repair_parity(bits: Tensor, confidence: Tensor) -> tuple[Tensor, Tensor]:
     """Make every frame of bits (B, 9n) even: in each odd frame flip its bit of lowest
     ``confidence`` (B, 9n) (the probability with which it was drawn; +inf for given bits).
-    Returns the repaired bits and the number of frames changed."""
+    Returns the repaired bits and the number of frames changed in each row (B,)."""
     frames = bits.view(bits.size(0), -1, FRAME_BITS)
     odd = frames.sum(-1) % 2 == 1  # (B, n)
     weakest = confidence.view_as(frames).argmin(-1, keepdim=True)  # (B, n, 1)
     flip = torch.zeros_like(frames, dtype=torch.bool).scatter_(-1, weakest, odd[..., None])
-    return (frames ^ flip.to(frames.dtype)).view_as(bits), int(odd.sum())
+    return (frames ^ flip.to(frames.dtype)).view_as(bits), odd.sum(1)
 
 
 @torch.no_grad()
@@ -58,25 +96,26 @@ def denoise(
     model: TransformerLM,
     symbols: Tensor,
     options: GenerationOptions,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, int]:
+    generators: Sequence[torch.Generator] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Fill the MASK positions of symbols (B, L) in ``options.diffusion_steps`` model passes
     (module docstring; ``options.schedule`` defaults to the model's ``noise_schedule``);
-    returns the bits (B, L) long, parity-repaired, and the number of frames repaired. Frames
+    returns the bits (B, L) long, parity-repaired, and the frames repaired per row (B,). Frames
     must be either wholly given or wholly masked. ``options.deadline``: ``check_deadline``
-    before each pass. The draws come from ``generator`` (None: torch's global one), which a
-    caller denoising window after window keeps from one window to the next."""
+    before each pass. Row b draws from ``generators[b]`` (None: torch's global generator), which
+    a caller denoising window after window keeps from one window to the next."""
+    draws = Draws(generators, symbols.device)
     if model.config.diffusion_unit == "frame":
-        return _denoise_frames(model, symbols, options, generator), 0
-    return _denoise_bits(model, symbols, options, generator)
+        return _denoise_frames(model, symbols, options, draws), symbols.new_zeros(len(symbols))
+    return _denoise_bits(model, symbols, options, draws)
 
 
 def _denoise_bits(
     model: TransformerLM,
     symbols: Tensor,
     options: GenerationOptions,
-    generator: torch.Generator | None,
-) -> tuple[Tensor, int]:
+    draws: Draws,
+) -> tuple[Tensor, Tensor]:
     """``denoise`` of a ``diffusion_unit=bit`` model, one bit per unit."""
     steps, temperature = options.diffusion_steps, options.temperature
     schedule = options.schedule or model.config.noise_schedule
@@ -90,11 +129,8 @@ def _denoise_bits(
         check_deadline(options.deadline)
         logits, _ = model(x, causal=False)
         p_one = _bit_probability(logits, temperature)
-        if temperature == 0:
-            draws = p_one > 0.5
-        else:
-            draws = torch.rand(x.shape, generator=generator, device=x.device) < p_one
-        p_draw = torch.where(draws, p_one, 1 - p_one)
+        drawn = p_one > (0.5 if temperature == 0 else draws.uniform(x.shape))
+        p_draw = torch.where(drawn, p_one, 1 - p_one)
         still_masked = (corruption_rate(schedule, (k - 1) / steps) * n_free).floor().long()
         # lowest score = stays (or becomes) masked; given bits, and without remask filled
         # ones, never compete
@@ -103,13 +139,13 @@ def _denoise_bits(
             score = torch.where(masked, p_draw, torch.where(x == 1, p_one, 1 - p_one))
         score = score.clamp_min(1e-12).log()
         if choice_temperature > 0:
-            score = score + choice_temperature * k / steps * _gumbel(x.shape, generator, x.device)
+            score = score + choice_temperature * k / steps * draws.gumbel(x.shape)
         if not remask:
             score = score.masked_fill(~masked, math.inf)
         score = score.masked_fill(~free, math.inf)
         now_masked = _lowest(score, still_masked) & free
         revealed = masked & ~now_masked
-        x = torch.where(revealed, draws.long(), x).masked_fill(now_masked, MASK)
+        x = torch.where(revealed, drawn.long(), x).masked_fill(now_masked, MASK)
         confidence = torch.where(revealed, p_draw, confidence)
         masked = now_masked
     return repair_parity(x, confidence)
@@ -119,7 +155,7 @@ def _denoise_frames(
     model: TransformerLM,
     symbols: Tensor,
     options: GenerationOptions,
-    generator: torch.Generator | None,
+    draws: Draws,
 ) -> Tensor:
     """``denoise`` of a ``diffusion_unit=frame`` model: the units are whole frames, a drawn
     frame's confidence is the log-probability of its byte, its parity bit is computed."""
@@ -130,11 +166,11 @@ def _denoise_frames(
     drawn_with = torch.full(free.shape, math.inf, device=frames.device)  # log p when revealed
     for k in range(steps, 0, -1):
         check_deadline(options.deadline)
-        drawn, log_p = _draw_frames(model, frames, masked, options.temperature, generator)
+        drawn, log_p = _draw_frames(model, frames, masked, options.temperature, draws)
         still_masked = (corruption_rate(schedule, (k - 1) / steps) * n_free).floor().long()
         score = torch.where(masked, log_p, drawn_with if options.remask else math.inf)
         if options.choice_temperature > 0:
-            noise = _gumbel(free.shape, generator, frames.device)
+            noise = draws.gumbel(free.shape)
             score = score + torch.where(masked, options.choice_temperature * k / steps * noise, 0)
         score = score.masked_fill(~free, math.inf)
         now_masked = _lowest(score, still_masked) & free
@@ -154,7 +190,7 @@ def _lowest(score: Tensor, counts: Tensor) -> Tensor:
 
 
 def _draw_frames(
-    model: TransformerLM, frames: Tensor, hidden: Tensor, temperature: float, generator
+    model: TransformerLM, frames: Tensor, hidden: Tensor, temperature: float, draws: Draws
 ) -> tuple[Tensor, Tensor]:
     """A frame drawn for each ``hidden`` position of frames (B, n, 9) with those unseen, its 8
     data bits one after another through the in-frame decoder at ``temperature`` (0: each bit's
@@ -164,12 +200,10 @@ def _draw_frames(
     contexts = contexts[hidden]  # (N, context_size): only the frames being drawn
     symbols = torch.full((contexts.size(0), 1), MASK, device=frames.device)
     log_p = torch.zeros(contexts.size(0), device=frames.device)
+    per_row = hidden.sum(1)
     for j in range(DATA_BITS):
         p_one = _bit_probability(model.local(contexts, symbols)[:, j], temperature)
-        if temperature == 0:
-            bit = p_one > 0.5
-        else:
-            bit = torch.rand(p_one.shape, generator=generator, device=p_one.device) < p_one
+        bit = p_one > (0.5 if temperature == 0 else draws.ragged(per_row))
         log_p += torch.where(bit, p_one, 1 - p_one).clamp_min(1e-12).log()
         symbols = torch.cat((symbols, bit.long()[:, None]), dim=1)
     data = symbols[:, 1:]
@@ -177,12 +211,6 @@ def _draw_frames(
     drawn[hidden] = torch.cat((data, data.sum(-1, keepdim=True) % 2), dim=1)
     all_log_p[hidden] = log_p
     return drawn, all_log_p
-
-
-def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """Standard Gumbel noise −log(−log U)."""
-    u = torch.rand(shape, generator=generator, device=device).clamp(1e-12, 1 - 1e-7)
-    return -(-u.log()).log()
 
 
 def _bit_probability(logits: Tensor, temperature: float) -> Tensor:
@@ -208,40 +236,112 @@ def diffusion_generate(
     bytes): the prompt keeps its last bytes that fit. Without a suffix, text longer than the
     window is made window by window, each conditioned on up to half a window of what came before.
     """
-    options = options or GenerationOptions()
-    config, suffix = model.config, options.suffix
-    if config.mode != "diffusion":
+    return diffusion_generate_many(model, [prompt], max_new_bytes, options)[0]
+
+
+@torch.no_grad()
+def diffusion_generate_many(
+    model: TransformerLM,
+    prompts: Sequence[bytes],
+    max_new_bytes: int,
+    options: GenerationOptions | Sequence[GenerationOptions] | None = None,
+) -> list[Sample]:
+    """``diffusion_generate`` of every prompt (``options``: one for all or one per prompt),
+    denoised together (module docstring): each gets what it gets alone."""
+    options = per_prompt(options, prompts)
+    _check_diffusion(model, max_new_bytes, options)
+    rows = [_Row(model, prompt, o) for prompt, o in zip(prompts, options, strict=True)]
+    with evaluating(model):
+        while waiting := [row for row in rows if row.remaining(max_new_bytes) > 0]:
+            groups: dict[tuple, list[_Row]] = defaultdict(list)
+            for row in waiting:
+                groups[row.plan(max_new_bytes)].append(row)
+            for (*_, denoising), group in groups.items():
+                symbols = torch.stack([row.window(max_new_bytes) for row in group])
+                deadlines = [r.options.deadline for r in group if r.options.deadline is not None]
+                denoising = replace(denoising, deadline=min(deadlines, default=None))
+                generators = [row.generator for row in group]
+                filled, repairs = denoise(model, symbols, denoising, generators)
+                for row, bits, repaired in zip(group, filled, repairs.tolist(), strict=True):
+                    row.take(bits, repaired)
+    return [row.sample() for row in rows]
+
+
+def _check_diffusion(
+    model: TransformerLM, max_new_bytes: int, options: list[GenerationOptions]
+) -> None:
+    """Refuse a causal model and an infilling that does not fit the window."""
+    if model.config.mode != "diffusion":
         raise BitLMError(
             "diffusion sampling needs a model trained with model.mode=diffusion "
             "(bitlm-train experiment=diffusion); this one is causal"
         )
-    # a frame model never reads the last frame of its window (model/hierarchical.py): a suffix
-    # is followed by one unread frame so that all of it is seen
-    pad = FRAME_BITS if suffix and config.diffusion_unit == "frame" else 0
-    window = config.max_bytes - pad // FRAME_BITS
-    if suffix and max_new_bytes + len(suffix) > window:
-        raise BitLMError(
-            f"infilling writes the middle and the suffix in one window of {window} bytes: "
-            f"{max_new_bytes} new + {len(suffix)} suffix bytes do not fit; shorten them"
+    for o in options:
+        window = _window_bytes(model, o.suffix)
+        if o.suffix and max_new_bytes + len(o.suffix) > window:
+            raise BitLMError(
+                f"infilling writes the middle and the suffix in one window of {window} bytes: "
+                f"{max_new_bytes} new + {len(o.suffix)} suffix bytes do not fit; shorten them"
+            )
+
+
+def _window_bytes(model: TransformerLM, suffix: bytes) -> int:
+    """The bytes a window holds: a frame model never reads the last frame of its window
+    (model/hierarchical.py), so a suffix is followed by one unread frame that all of it is
+    seen."""
+    return model.config.max_bytes - (1 if suffix and model.config.diffusion_unit == "frame" else 0)
+
+
+class _Row:
+    """One prompt of ``diffusion_generate_many``: its text so far, its generator, the frames it
+    made and the parity repairs they took."""
+
+    def __init__(self, model: TransformerLM, prompt: bytes, options: GenerationOptions) -> None:
+        device = model.head.weight.device
+        self.options, self.generator = options, options.generator(device)
+        self.window_bytes = _window_bytes(model, options.suffix)
+        pad = (model.config.max_bytes - self.window_bytes) * FRAME_BITS
+        unread = torch.zeros(pad, device=device, dtype=torch.long)
+        self.tail = torch.cat((bytes_to_bits(options.suffix).to(device).long(), unread))
+        self.text = bytes_to_bits(prompt).to(device)
+        self.made, self.frames, self.repairs = 0, [], 0
+
+    def remaining(self, max_new_bytes: int) -> int:
+        return max_new_bytes - self.made
+
+    def plan(self, max_new_bytes: int) -> tuple[int, int, int, GenerationOptions]:
+        """``(context bytes, new bytes, suffix bits, denoising options)`` of the next window:
+        rows with the same plan are denoised together (the options without what only this row
+        reads)."""
+        keep, block = _window_plan(
+            len(self.text) // FRAME_BITS,
+            self.remaining(max_new_bytes),
+            len(self.options.suffix),
+            self.window_bytes,
         )
-    device = model.head.weight.device
-    generator = options.generator(device)
-    text, frames, repairs = bytes_to_bits(prompt).to(device), [], 0
-    unread = torch.zeros(pad, device=device, dtype=torch.long)
-    tail = torch.cat((bytes_to_bits(suffix).to(device).long(), unread))
-    with evaluating(model):
-        remaining = max_new_bytes
-        while remaining > 0:
-            keep, block = _window_plan(len(text) // FRAME_BITS, remaining, len(suffix), window)
-            context = text[len(text) - keep * FRAME_BITS :].long()
-            gap = torch.full((block * FRAME_BITS,), MASK, device=device, dtype=torch.long)
-            symbols = torch.cat((context, gap, tail))[None]
-            filled, n = denoise(model, symbols, options, generator)
-            new = filled[0, len(context) : len(context) + len(gap)].to(torch.uint8)
-            frames.append(new)
-            text, repairs, remaining = torch.cat((text, new)), repairs + n, remaining - block
-    bits = torch.cat(frames).cpu() if frames else torch.zeros(0, dtype=torch.uint8)
-    return Sample(bits, repairs)
+        shared = replace(self.options, seed=0, deadline=None, stop=None, suffix=b"")
+        return keep, block, len(self.tail), shared
+
+    def window(self, max_new_bytes: int) -> Tensor:
+        """The next window's symbols: context, the masked block, the suffix."""
+        keep, block, _, _ = self.plan(max_new_bytes)
+        context = self.text[len(self.text) - keep * FRAME_BITS :].long()
+        gap = torch.full((block * FRAME_BITS,), MASK, device=context.device, dtype=torch.long)
+        self.span = (len(context), len(context) + len(gap))
+        return torch.cat((context, gap, self.tail))
+
+    def take(self, filled: Tensor, repairs: int) -> None:
+        """Keep the new frames of a denoised window whose parity repair changed ``repairs``
+        frames."""
+        new = filled[self.span[0] : self.span[1]].to(torch.uint8)
+        self.frames.append(new)
+        self.text = torch.cat((self.text, new))
+        self.made += len(new) // FRAME_BITS
+        self.repairs += repairs
+
+    def sample(self) -> Sample:
+        bits = torch.cat(self.frames).cpu() if self.frames else torch.zeros(0, dtype=torch.uint8)
+        return Sample(bits, self.repairs)
 
 
 def _window_plan(

@@ -10,6 +10,7 @@ options give the same bits.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,18 @@ class GenerationOptions:
         """A fresh generator on ``device`` seeded with ``seed``: where every random draw of one
         sample comes from."""
         return torch.Generator(device).manual_seed(self.seed)
+
+
+def per_prompt(
+    options: GenerationOptions | Sequence[GenerationOptions] | None, prompts: Sequence[bytes]
+) -> list[GenerationOptions]:
+    """One options value per prompt: ``options`` repeated when it is one (None: the defaults)."""
+    options = options or GenerationOptions()
+    if isinstance(options, GenerationOptions):
+        return [options] * len(prompts)
+    if len(options) != len(prompts):
+        raise BitLMError(f"{len(options)} options for {len(prompts)} prompts")
+    return list(options)
 
 
 def is_number(value: Any, kinds: type | tuple[type, ...]) -> bool:

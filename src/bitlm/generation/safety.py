@@ -33,6 +33,7 @@ from torch import Tensor
 
 from bitlm.core.bits import bits_to_text, frame_values
 from bitlm.core.errors import BitLMError
+from bitlm.generation.diffusion import Sample
 from bitlm.generation.options import GenerationOptions
 from bitlm.generation.sample import sample
 from bitlm.model import BitModel
@@ -185,6 +186,7 @@ def safe_sample_with_retry(
     s_floor: float = 0.25,
     fallback: BitModel | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    draw: Callable[..., Sample] = sample,
 ) -> dict[str, Any]:
     """Sample a continuation that passes ``hil_safe_inference``; attempt k (0-based) uses seed
     ``options.seed + k`` and temperature ``options.temperature + k · temperature_step`` (more
@@ -195,7 +197,8 @@ def safe_sample_with_retry(
     the whole span at once instead of extending a sample bit by bit, so it cannot fall into the
     loop a causal sampler repeats. Every sample is judged by ``model``, on its last
     ``max_seq_len`` bits (whole frames: what the model sees). The causal options ``top_p`` and
-    ``kv_cache`` apply to the causal attempts only.
+    ``kv_cache`` apply to the causal attempts only. ``draw`` takes ``sample``'s arguments and
+    samples (a server passes its batching engine's ``sample``).
     Returns ``{"text", "bits", "attempts", "mode", "parity_repairs", "telemetry"}`` of the first
     safe sample; raises ``SafetyError`` (with the last telemetry) when all ``1 + max_retries``
     attempts fail.
@@ -217,8 +220,8 @@ def safe_sample_with_retry(
             seed=options.seed + attempt,
             temperature=options.temperature + attempt * temperature_step,
         )
-        bits, repairs = sample(sampler, prompt, max_new_bytes, tried)
-        telemetry = _verdict(model, bits, reference, c_floor, s_floor)
+        bits, repairs = draw(sampler, prompt, max_new_bytes, tried)
+        telemetry = verdict(model, bits, reference, c_floor, s_floor)
         telemetry["temperature"] = tried.temperature
         if telemetry["safe"]:
             return {
@@ -232,8 +235,12 @@ def safe_sample_with_retry(
     raise SafetyError(f"no sample passed the safety gate in {max_retries + 1} attempts", telemetry)
 
 
-def _verdict(
-    model: BitModel, bits: Tensor, reference: Tensor | None, c_floor: float, s_floor: float
+def verdict(
+    model: BitModel,
+    bits: Tensor,
+    reference: Tensor | None = None,
+    c_floor: float = 0.3,
+    s_floor: float = 0.25,
 ) -> dict[str, Any]:
     """``hil_safe_inference``'s lenient telemetry of a sample (bits (9n,)) on its last
     ``max_seq_len`` bits; an empty sample (an immediate stop string) has nothing to judge and

@@ -8,13 +8,15 @@ decodes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from bitlm.core.bits import FRAME_BITS, bits_to_bytes, decode_bits
 from bitlm.core.errors import BitLMError
-from bitlm.generation.causal import generate_bits
-from bitlm.generation.diffusion import Sample, diffusion_generate
-from bitlm.generation.options import GenerationOptions
+from bitlm.generation.causal import generate_many
+from bitlm.generation.diffusion import Sample, diffusion_generate_many
+from bitlm.generation.options import GenerationOptions, per_prompt
 from bitlm.model import BitModel
 
 
@@ -27,15 +29,32 @@ def sample(
     applies to causal sampling only, the diffusion options to diffusion only. Both stop early at
     ``options.stop`` (for diffusion: the bytes from its first occurrence on are dropped), and
     raise ``TimeLimitExceeded`` once ``time.monotonic()`` passes ``options.deadline``."""
-    options = options or GenerationOptions()
-    if sampling_mode(model, options.mode) == "causal":
-        if options.suffix:
+    return sample_many(model, [prompt], max_new_bytes, options)[0]
+
+
+def sample_many(
+    model: BitModel,
+    prompts: Sequence[bytes],
+    max_new_bytes: int,
+    options: GenerationOptions | Sequence[GenerationOptions] | None = None,
+) -> list[Sample]:
+    """``sample`` of every prompt (``options``: one for all or one per prompt, all in one mode),
+    decoded together: each prompt gets what it gets alone with its options."""
+    options = per_prompt(options, prompts)
+    modes = {sampling_mode(model, o.mode) for o in options}
+    if len(modes) > 1:
+        raise BitLMError("prompts decoded together sample in one mode")
+    if modes == {"causal"}:
+        if any(o.suffix for o in options):
             raise BitLMError("infilling (a suffix) needs a diffusion model and mode=diffusion")
-        return Sample(generate_bits(model, prompt, max_new_bytes, options), 0)
-    if options.top_p != 1.0:
+        return [Sample(bits, 0) for bits in generate_many(model, prompts, max_new_bytes, options)]
+    if any(o.top_p != 1.0 for o in options):
         raise BitLMError("top_p applies to causal sampling; diffusion sampling uses temperature")
-    result = diffusion_generate(model, prompt, max_new_bytes, options)
-    return Sample(_cut_at(result.bits, options.stop), result.parity_repairs)
+    results = diffusion_generate_many(model, prompts, max_new_bytes, options)
+    return [
+        Sample(_cut_at(r.bits, o.stop), r.parity_repairs)
+        for r, o in zip(results, options, strict=True)
+    ]
 
 
 def generate(

@@ -27,14 +27,20 @@ class RotaryEmbedding(nn.Module):
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq / scale, persistent=False)
 
-    def forward(self, start: int, length: int) -> tuple[Tensor, Tensor]:
-        """Tables (cos θ, ±sin θ), each (length, head_dim), for positions start … start+length-1:
-        ``[cos, cos]`` and ``[−sin, sin]`` over the two halves of a head (what ``apply_rotary``
-        multiplies by)."""
-        positions = torch.arange(start, start + length, device=self.inv_freq.device)
-        angles = torch.outer(positions.float(), self.inv_freq)  # (T, D/2)
+    def forward(self, start: int | Tensor, length: int) -> tuple[Tensor, Tensor]:
+        """Tables (cos θ, ±sin θ) for positions start … start+length-1: (length, head_dim) each
+        for an int ``start``; (B, 1, length, head_dim) for a (B,) tensor of per-row starts (rows
+        decoded together at different positions). ``[cos, cos]`` and ``[−sin, sin]`` over the
+        two halves of a head (what ``apply_rotary`` multiplies by)."""
+        offsets = torch.arange(length, device=self.inv_freq.device)
+        if isinstance(start, Tensor):
+            positions = start.to(offsets.device)[:, None] + offsets  # (B, T)
+        else:
+            positions = offsets + start  # (T,)
+        angles = positions[..., None].float() * self.inv_freq  # (…, T, D/2)
         cos, sin = angles.cos(), angles.sin()
-        return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # (T, D) each
+        tables = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+        return tables if positions.dim() == 1 else (tables[0][:, None], tables[1][:, None])
 
 
 def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
@@ -50,26 +56,74 @@ def apply_rotary(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
 
 
 class KVCache:
-    """Keys and values of one attention layer for the positions generated so far.
+    """Keys and values of one attention layer for the positions decoded so far, per row.
 
     Pre-allocated to ``max_len`` positions so a decoding step writes in place instead of
-    concatenating (which would copy the whole cache at every bit).
+    concatenating (which would copy the whole cache at every bit). Rows decoded together may
+    hold contexts of different lengths (``lengths``): a step then writes each row's new key at
+    its own position and masks the keys past it. Rows can be dropped (``keep``), joined
+    (``extend``) and replaced (``put``), which is how sequences enter and leave a running batch.
     """
 
     def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device) -> None:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (B, H, max_len, D)
         self.values = torch.zeros_like(self.keys)
-        self.length = 0
+        self.lengths = [0] * shape[0]
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k, v (B, H, T, D) after the cached positions; return all keys and values so far."""
-        end = self.length + k.size(2)
-        if end > self.keys.size(2):
-            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.keys.size(2)}")
-        self.keys[:, :, self.length : end] = k
-        self.values[:, :, self.length : end] = v
-        self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+    @property
+    def length(self) -> int:
+        """The positions held by the longest row."""
+        return max(self.lengths, default=0)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.size(2)
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[int, Tensor, Tensor, Tensor | None]:
+        """Store k, v (B, H, T, D) after each row's cached positions. Returns ``(offset, keys,
+        values, mask)``: when every row holds the same ``offset`` positions, all keys and values
+        so far and no mask (the queries' causal mask follows from the offset); otherwise (one
+        new position per row, T = 1) the keys up to the longest row and the (B, 1, 1, K) mask of
+        the keys each row may see."""
+        offset = self.lengths[0] if self.lengths else 0
+        if all(n == offset for n in self.lengths):
+            end = self._check(offset + k.size(2))
+            self.keys[:, :, offset:end] = k
+            self.values[:, :, offset:end] = v
+            self.lengths = [end] * len(self.lengths)
+            return offset, self.keys[:, :, :end], self.values[:, :, :end], None
+        if k.size(2) != 1:
+            raise RuntimeError("rows at different positions take one new position per step")
+        end = self._check(self.length + 1)
+        at = torch.tensor(self.lengths, device=k.device)
+        rows = torch.arange(k.size(0), device=k.device)
+        self.keys[rows, :, at] = k[:, :, 0]
+        self.values[rows, :, at] = v[:, :, 0]
+        self.lengths = [n + 1 for n in self.lengths]
+        mask = torch.arange(end, device=k.device) <= at[:, None]  # (B, K)
+        return 0, self.keys[:, :, :end], self.values[:, :, :end], mask[:, None, None]
+
+    def _check(self, end: int) -> int:
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
+        return end
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows``, in that order."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.keys.device)
+        self.keys, self.values = self.keys[index], self.values[index]
+        self.lengths = [self.lengths[r] for r in rows]
+
+    def extend(self, other: KVCache) -> None:
+        """Append the rows of ``other`` (same layer shape) after this cache's."""
+        self.keys = torch.cat((self.keys, other.keys))
+        self.values = torch.cat((self.values, other.values))
+        self.lengths = self.lengths + other.lengths
+
+    def put(self, row: int, other: KVCache) -> None:
+        """Replace row ``row`` by the single row of ``other``."""
+        self.keys[row], self.values[row] = other.keys[0], other.values[0]
+        self.lengths[row] = other.lengths[0]
 
 
 class SelfAttention(nn.Module):
@@ -96,11 +150,13 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, rope), apply_rotary(k, rope)  # (B, H, T, D)
-        offset = 0
+        offset, mask = 0, None
         if cache is not None:
-            offset = cache.length
-            k, v = cache.append(k, v)
-        y = self._attend(q, k, v, causal, offset)  # (B, H, T, D)
+            offset, k, v, mask = cache.append(k, v)
+        if mask is not None:  # rows at their own positions, one query each: the mask says all
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = self._attend(q, k, v, causal, offset)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y))
 

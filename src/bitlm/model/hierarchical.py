@@ -247,16 +247,17 @@ class HierarchicalBitLM(TransformerLM):
     def frame_contexts(
         self,
         frames: Tensor,
-        start: int = 0,
+        start: int | Tensor = 0,
         caches: list[KVCache] | None = None,
         causal: bool = True,
     ) -> Tensor:
         """The global head's output (B, T, head width) for input frames (B, T, 9) of symbols at
-        frame positions start … start+T-1. Causal: what the trunk tells the in-frame decoder,
-        output t conditioning the frame after input t; bidirectional: the logits of each
-        frame's own 9 bits."""
+        frame positions start … start+T-1 (per row for a (B,) tensor ``start``; the caches bound
+        those positions). Causal: what the trunk tells the in-frame decoder, output t
+        conditioning the frame after input t; bidirectional: the logits of each frame's own 9
+        bits."""
         T = frames.size(1)
-        if start + T > self.config.max_bytes:
+        if isinstance(start, int) and start + T > self.config.max_bytes:
             raise ValueError(f"{start + T} frames exceed the context of {self.config.max_bytes}")
         return self._trunk_and_head(self.embed_frames(frames), start, causal=causal, caches=caches)
 

@@ -55,9 +55,11 @@ class TransformerLM(nn.Module):
             self.trunk.halting.reset_parameters()
 
     def _trunk_and_head(
-        self, x: Tensor, start: int, causal: bool, caches: list[KVCache] | None = None
+        self, x: Tensor, start: int | Tensor, causal: bool, caches: list[KVCache] | None = None
     ) -> Tensor:
-        """Logits (B, T, n_outputs) for embedded inputs x (B, T, C) at positions start …"""
+        """Logits (B, T, n_outputs) for embedded inputs x (B, T, C) at positions start … (an
+        int, or a (B,) tensor: each row's own first position, when rows decoded together hold
+        contexts of different lengths)."""
         h = self.trunk(self.embed_dropout(x), self.rope(start, x.size(1)), causal, caches)
         return self.head(self.norm(h))
 
@@ -127,21 +129,23 @@ class BitTransformerLM(TransformerLM):
         self,
         symbols: Tensor,
         *,
-        start: int = 0,
+        start: int | Tensor = 0,
         causal: bool = True,
         caches: list[KVCache] | None = None,
     ) -> Tensor:
-        """Logits (B, T, 2) for input symbols (B, T) at absolute positions start … start+T-1."""
+        """Logits (B, T, 2) for input symbols (B, T) at absolute positions start … start+T-1
+        (per row for a (B,) tensor ``start``; the caches bound those positions)."""
         T = symbols.size(1)
-        if start + T > self.config.max_seq_len:
+        if isinstance(start, int) and start + T > self.config.max_seq_len:
             raise ValueError(
                 f"sequence of {start + T} bits exceeds max_seq_len={self.config.max_seq_len}"
             )
         return self._trunk_and_head(self.embed(symbols, start), start, causal, caches)  # (B, T, 2)
 
-    def embed(self, symbols: Tensor, start: int = 0) -> Tensor:
-        """E_bit[symbol] + E_frame[t mod 9], (B, T, C)."""
-        frame_pos = torch.arange(start, start + symbols.size(1), device=symbols.device) % FRAME_BITS
+    def embed(self, symbols: Tensor, start: int | Tensor = 0) -> Tensor:
+        """E_bit[symbol] + E_frame[t mod 9], (B, T, C); t from ``start`` (an int or per row)."""
+        first = start.to(symbols.device)[:, None] if isinstance(start, Tensor) else start
+        frame_pos = (torch.arange(symbols.size(1), device=symbols.device) + first) % FRAME_BITS
         return self.bit_embedding(symbols) + self.frame_embedding(frame_pos)
 
 

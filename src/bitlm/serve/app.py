@@ -11,6 +11,13 @@ Routes (JSON unless said otherwise)::
     POST /generate          continue a prompt (causal or diffusion), safety-gated, limited
     POST /save_checkpoint   export the served model to <save_dir>/<name>      (bearer token)
     POST /telemetry         a training run publishes {step, metrics}           (bearer token)
+    GET  /v1/models         the OpenAI-style model list (serve/completions.py)
+    POST /v1/completions    OpenAI-style completions, streamed or not
+
+Causal generations decode together in one running batch (``bitlm.generation.engine``): a
+request joins at the next byte and leaves when done, ``limits.max_concurrent`` at once and
+``limits.max_queued`` more waiting (then 503); ``"stream": true`` answers with server-sent
+events as the bytes are made.
 
 Safe to expose: every body is validated by a pydantic model (text included: it must have a
 UTF-8 encoding), limited in size (413) and in the time it may take to arrive (408); errors are
@@ -26,8 +33,12 @@ client sends is ever executed, imported or used as a path beyond one validated f
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import contextlib
 import math
 import time
+from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,15 +46,19 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bitlm.core.errors import BitLMError
-from bitlm.generation import generate_text
+from bitlm.generation import GenerationOptions, generate_text, sampling_mode
+from bitlm.generation.engine import Engine
+from bitlm.generation.text import streamed_report
 from bitlm.io import HUB_PREFIX, config_json, read_config, save_pretrained, stored_size
 from bitlm.model import BitModel
+from bitlm.serve.completions import add_completion_routes
+from bitlm.serve.events import event_stream, guarded, sse
 from bitlm.serve.middleware import (
     BodyLimit,
     CountAndSecure,
@@ -69,13 +84,21 @@ def create_app(
     """The app serving ``model`` (None: telemetry and dashboard only; /generate answers 503)
     loaded from ``source``, whose export recorded ``model_metrics`` (shown by /model_config,
     kept by /save_checkpoint)."""
+    server = Server(model, settings, source, model_metrics or {})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if server.engine is not None:  # shutdown: end the decoding thread
+            server.engine.close()
+
     app = FastAPI(
         title="bitlm-serve",
         summary="Bit-native language model: generation, telemetry, dashboard",
         docs_url="/docs",
         redoc_url=None,
+        lifespan=lifespan,
     )
-    server = Server(model, settings, source, model_metrics or {})
     app.state.server = server
     add_error_handlers(app)
     limits = settings.limits
@@ -121,12 +144,16 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         return JSONResponse(server.metrics(history))
 
     @app.post("/generate")
-    async def generate(body: GenerateRequest) -> dict[str, Any]:
+    async def generate(body: GenerateRequest) -> Any:
+        if body.stream:
+            return await server.stream(body)
         return await server.generate(body)
 
     @app.post("/save_checkpoint", dependencies=[Depends(require_token)])
     def save_checkpoint(body: SaveRequest) -> dict[str, Any]:
         return server.save(body)
+
+    add_completion_routes(app, server)
 
     @app.post("/telemetry", dependencies=[Depends(require_token)])
     def telemetry(body: TelemetryReport) -> dict[str, Any]:
@@ -150,7 +177,10 @@ class Server:
         self.model_metrics = model_metrics
         self.started = time.time()
         self.telemetry = TelemetryStore(settings)
-        self.limiter = anyio.CapacityLimiter(settings.limits.max_concurrent)
+        limits = settings.limits
+        self.engine = Engine(model, limits.max_concurrent) if model is not None else None
+        # worker threads wait on the engine (or sample a diffusion model): one per admitted one
+        self.limiter = anyio.CapacityLimiter(limits.max_concurrent + limits.max_queued)
         self.waiting = 0  # generations admitted and not finished (running or queued)
         self.last_generation: dict[str, Any] | None = None
         self.registry = CollectorRegistry()
@@ -191,7 +221,7 @@ class Server:
     def model_config(self, authorized: bool) -> dict[str, Any]:
         """The model's config, size, export metrics and the limits; ``source`` as
         ``shown_source(authorized)``."""
-        model = self._model()
+        model = self.served_model()
         meta = config_json(model)
         return {
             "class": type(model).__name__,
@@ -214,29 +244,15 @@ class Server:
         return self.telemetry.snapshot(history) | {"generation": self.last_generation}
 
     async def generate(self, body: GenerateRequest) -> dict[str, Any]:
-        model = self._model()
-        limits = self.settings.limits
-        body.check_limits(limits)
-        if self.waiting >= limits.max_concurrent + limits.max_queued:
-            raise HTTPException(503, "the server is busy: retry shortly")
-        started = time.monotonic()
-        options = body.generation_options(deadline=started + limits.timeout_s)
-        self.waiting += 1
-        try:
-            result = await anyio.to_thread.run_sync(
-                lambda: generate_text(
-                    model,
-                    body.prompt.encode(),
-                    body.max_new_bytes,
-                    options,
-                    safety=self.settings.safety,
-                ),
-                limiter=self.limiter,
+        """The answer to a /generate request: one safety-gated sample (``generate_text``)
+        through the engine."""
+        model = self.served_model()
+        body.check_limits(self.settings.limits)
+        with self.admitted() as deadline:
+            options = body.generation_options(deadline=deadline)
+            result = await self.generate_text(
+                model, body.prompt.encode(), body.max_new_bytes, options
             )
-        finally:
-            self.waiting -= 1
-            self.latency.observe(time.monotonic() - started)
-        result["seconds"] = round(time.monotonic() - started, 4)
         self.last_generation = {
             "bytes": result["bytes"],
             "seconds": result["seconds"],
@@ -244,8 +260,104 @@ class Server:
         }
         return result
 
+    async def generate_text(
+        self, model: BitModel, prompt: bytes, max_new_bytes: int, options: GenerationOptions
+    ) -> dict[str, Any]:
+        """``generate_text`` in a worker thread, its draws through the engine, timed."""
+        started = time.monotonic()
+        result = await anyio.to_thread.run_sync(
+            lambda: generate_text(
+                model,
+                prompt,
+                max_new_bytes,
+                options,
+                safety=self.settings.safety,
+                draw=self.engine.sample,
+            ),
+            limiter=self.limiter,
+        )
+        result["seconds"] = round(time.monotonic() - started, 4)
+        return result
+
+    async def follow(
+        self, model: BitModel, prompt: bytes, max_new_bytes: int, options: GenerationOptions
+    ) -> AsyncIterator[str | dict[str, Any]]:
+        """Stream one generation: its text as the engine settles it (UTF-8 decoded
+        incrementally, so a character split across bytes arrives whole), then the final report
+        (``streamed_report``). What was sent cannot be taken back, so a streamed sample is judged
+        by the safety gate once, at the end, and never re-sampled. A diffusion model fills its
+        span at once: one piece."""
+        started = time.monotonic()
+        if sampling_mode(model, options.mode) != "causal":
+            result = await self.generate_text(model, prompt, max_new_bytes, options)
+            yield result.pop("text")
+            yield result | {"finish_reason": "length"}
+            return
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+
+        def progress(settled: bytes, done: bool) -> None:
+            loop.call_soon_threadsafe(updates.put_nowait, (settled, done))
+
+        job = self.engine.submit(prompt, max_new_bytes, options, progress)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        sent, done = 0, False
+        try:
+            while not done:
+                settled, done = await updates.get()
+                while not updates.empty():  # a slow reader gets what piled up as one piece
+                    settled, done = updates.get_nowait()
+                piece = decoder.decode(settled[sent:], final=done)
+                sent = max(sent, len(settled))
+                if piece:
+                    yield piece
+            sample = job.result()
+        finally:
+            job.cancel()  # a client that went away frees its row at the next step
+        report = await anyio.to_thread.run_sync(
+            lambda: streamed_report(model, sample.bits, self.settings.safety)
+        )
+        yield report | {
+            "finish_reason": job.finish_reason,
+            "seconds": round(time.monotonic() - started, 4),
+        }
+
+    async def stream(self, body: GenerateRequest) -> StreamingResponse:
+        """/generate with ``"stream": true``: server-sent events ``{"text": piece}``, then
+        ``{"done": true, …}`` with ``streamed_report``'s fields (or ``{"done": true, "error":
+        …}``). Admission (503) and limits are checked before the stream starts."""
+        model = self.served_model()
+        body.check_limits(self.settings.limits)
+        admission = contextlib.ExitStack()
+        deadline = admission.enter_context(self.admitted())
+        options = body.generation_options(deadline=deadline)
+
+        async def events() -> AsyncIterator[str]:
+            with admission:
+                pieces = self.follow(model, body.prompt.encode(), body.max_new_bytes, options)
+                async for item in guarded(pieces):
+                    yield sse({"text": item} if isinstance(item, str) else {"done": True} | item)
+
+        return event_stream(events(), admission)
+
+    @contextlib.contextmanager
+    def admitted(self, requests: int = 1) -> Iterator[float]:
+        """Admit ``requests`` generations or refuse them (503: running and queued are full);
+        yields their deadline (``time.monotonic()``; ``limits.timeout_s`` from now) and times
+        them into the latency histogram."""
+        limits = self.settings.limits
+        if self.waiting + requests > limits.max_concurrent + limits.max_queued:
+            raise HTTPException(503, "the server is busy: retry shortly")
+        started = time.monotonic()
+        self.waiting += requests
+        try:
+            yield started + limits.timeout_s
+        finally:
+            self.waiting -= requests
+            self.latency.observe(time.monotonic() - started)
+
     def save(self, body: SaveRequest) -> dict[str, Any]:
-        model = self._model()
+        model = self.served_model()
         target = self.settings.save_dir / body.name
         if target.exists() or target.is_symlink():
             _check_replaceable(target, body.overwrite)
@@ -253,7 +365,8 @@ class Server:
         save_pretrained(model, target, metrics=self.model_metrics)
         return {"saved": body.name, "path": str(target), "bytes": stored_size(target)}
 
-    def _model(self) -> BitModel:
+    def served_model(self) -> BitModel:
+        """The model, or 503 when none is loaded."""
         if self.model is None:
             raise HTTPException(503, "no model is loaded: start bitlm-serve with ckpt_path=…")
         return self.model

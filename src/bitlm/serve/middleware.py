@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, Header, HTTPException, Request
@@ -182,31 +183,47 @@ def bearer(token: str | None, authorization: str | None) -> bool:
 
 def add_error_handlers(app: FastAPI) -> None:
     """Every error is ``{"error": message}`` (plus ``details`` or ``telemetry`` where they
-    help); unexpected ones are ``CountAndSecure``'s 500."""
+    help), on the OpenAI-style ``/v1/`` routes ``{"error": {"message", "type", "code", …}}`` as
+    the OpenAI clients read it; unexpected ones are ``CountAndSecure``'s 500."""
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's, and the router's 404 / 405
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": err.detail}, err.status_code, headers=err.headers)
+        return error_answer(request, err.status_code, err.detail, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         details = [
             {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in err.errors()
         ]
-        return JSONResponse({"error": "invalid request", "details": details}, 422)
+        return error_answer(request, 422, "invalid request", details=details)
 
     @app.exception_handler(SafetyError)
     async def unsafe(request: Request, err: SafetyError) -> JSONResponse:
-        return JSONResponse({"error": str(err), "telemetry": err.telemetry}, 422)
+        return error_answer(request, 422, str(err), telemetry=err.telemetry)
 
     @app.exception_handler(OverLimit)
     async def over_limit(request: Request, err: OverLimit) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, err.status)
+        return error_answer(request, err.status, str(err))
 
     @app.exception_handler(TimeLimitExceeded)
     async def too_slow(request: Request, err: TimeLimitExceeded) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, 504)
+        return error_answer(request, 504, str(err))
 
     @app.exception_handler(BitLMError)
     async def refused(request: Request, err: BitLMError) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, 400)
+        return error_answer(request, 400, str(err))
+
+
+def error_answer(
+    request: Request, status: int, message: str, headers=None, **extra: Any
+) -> JSONResponse:
+    """``{"error": message, **extra}``; for a ``/v1/`` route the OpenAI shape, the details (if
+    any) joined into the message."""
+    if not request.url.path.startswith("/v1/"):
+        return JSONResponse({"error": message, **extra}, status, headers=headers)
+    details = extra.pop("details", None)
+    if details:
+        message += ": " + "; ".join(f"{d['field']} {d['message']}" for d in details)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"message": message, "type": kind, "param": None, "code": status, **extra}
+    return JSONResponse({"error": body}, status, headers=headers)

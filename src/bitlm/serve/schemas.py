@@ -60,6 +60,7 @@ class GenerateRequest(Request):
     stop: Text | None = Field(None, max_length=256)
     suffix: Text = Field("", max_length=4096)
     diffusion_steps: int = Field(16, ge=1, le=1024)
+    stream: bool = False
 
     def check_limits(self, limits: Limits) -> None:
         """Refuse (``OverLimit``) a prompt and suffix over ``max_prompt_bytes`` or more output
@@ -80,6 +81,58 @@ class GenerateRequest(Request):
             stop=self.stop.encode() if self.stop else None,
             suffix=self.suffix.encode(),
             diffusion_steps=self.diffusion_steps,
+            deadline=deadline,
+        )
+
+
+class CompletionRequest(Request):
+    """``POST /v1/completions`` as the OpenAI API defines it, for the fields a bit model can
+    honour: ``max_tokens`` counts bytes, ``stop`` is one string (or a list of one), each of the
+    ``n`` choices of each prompt uses seed ``seed + index`` (``seed`` None: 0)."""
+
+    model: str
+    prompt: Text | list[Text] = Field(min_length=1, max_length=16)
+    max_tokens: int = Field(16, ge=0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: Text | list[Text] | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=16)
+    seed: int | None = Field(None, ge=0, lt=2**62)
+
+    @field_validator("stop")
+    @classmethod
+    def _one_stop(cls, stop: str | list[str] | None) -> str | None:
+        if isinstance(stop, list):
+            if len(stop) > 1:
+                raise ValueError("this server takes one stop string")
+            stop = stop[0] if stop else None
+        if stop is not None and len(stop.encode()) > 256:
+            raise ValueError("the stop string is at most 256 bytes")
+        return stop or None
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def check_limits(self, limits: Limits) -> None:
+        """``GenerateRequest.check_limits`` for every prompt; ``n`` times the prompts may not
+        exceed what the server decodes and queues at once."""
+        for prompt in self.prompts:
+            _check_size("the prompt is", len(prompt.encode()), limits)
+        if self.max_tokens > limits.max_new_bytes:
+            raise OverLimit(f"max_tokens is at most {limits.max_new_bytes} on this server", 422)
+        if self.n * len(self.prompts) > limits.max_concurrent + limits.max_queued:
+            raise OverLimit("n × prompts is more than this server decodes and queues", 422)
+
+    def generation_options(self, choice: int, deadline: float) -> GenerationOptions:
+        """The options of choice ``choice`` (seed ``seed + choice``), done by ``deadline``."""
+        return GenerationOptions(
+            seed=(self.seed or 0) + choice,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=self.stop.encode() if self.stop else None,
+            mode="causal",
             deadline=deadline,
         )
 

@@ -26,16 +26,16 @@ class Limits:
     ``max_new_bytes``, ``timeout_s`` (from arrival, queueing included; the generation stops
     itself), ``max_body_bytes`` (any request body), ``body_timeout_s`` (to receive the whole
     body: a client that stalls mid-body is answered 408 instead of holding the connection),
-    ``max_concurrent`` generations at once and ``max_queued`` more waiting before the server
-    answers 503."""
+    ``max_concurrent`` generations decoded at once (the running batch of causal models; others
+    join as sequences finish) and ``max_queued`` more waiting before the server answers 503."""
 
     max_prompt_bytes: int = 4096
     max_new_bytes: int = 1024
     timeout_s: float = 30.0
     max_body_bytes: int = 65536
     body_timeout_s: float = 10.0
-    max_concurrent: int = 2
-    max_queued: int = 16
+    max_concurrent: int = 16
+    max_queued: int = 64
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Settings:
     """Everything ``create_app`` needs besides the model. ``token``: the bearer token mutating
     routes require (None: those routes are refused). ``safety``: ``safe_sample_with_retry``'s
     options, or None to serve ungated samples. ``save_dir``: where ``/save_checkpoint`` writes.
+    ``model_name``: the id ``/v1/models`` lists and ``/v1/completions`` answers to.
     ``allowed_hosts``: the Host header values answered (``*.example.com`` patterns, ``*`` any);
     others get 400, so a page elsewhere cannot reach a loopback server by DNS rebinding."""
 
@@ -51,6 +52,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     safety: dict[str, Any] | None = field(default_factory=dict)
     save_dir: Path = Path("saved_models")
+    model_name: str = "bitlm"
     history: int = 2000
     drift_threshold: float = 0.2
     drift_window: int = 10
@@ -80,6 +82,7 @@ def server_settings(cfg: DictConfig) -> Settings:
         limits=limits,
         safety=safety,
         save_dir=Path(cfg.save_dir),
+        model_name=cfg.model_name,
         history=cfg.history,
         drift_threshold=cfg.drift_threshold,
         drift_window=cfg.drift_window,

@@ -17,6 +17,7 @@ from bitlm.objectives.regularisers import (
     KCSTelemetry,
     PonderCost,
     check_kcs_options,
+    resolve_lambda_S,
     symbiosis_reference,
 )
 from bitlm.telemetry.metrics import marginal_reference
@@ -55,7 +56,7 @@ class BitLMModule(ModelHost):
         label_smoothing: float = 0.0,
         lambda_K: float = 0.0,
         lambda_C: float = 0.0,
-        lambda_S: float = 0.0,
+        lambda_S: float | None = None,
         ponder_weight: float = 0.01,
         symbiosis_reference: str = "marginal",
         reference_model: str | None = None,
@@ -81,6 +82,8 @@ class BitLMModule(ModelHost):
             config, include_parity_loss, windows, label_smoothing, diffusion_weighting
         )
         self.knobs = check_knobs(Knobs(noise_level, compress_prob), self.objective)
+        lambda_S = resolve_lambda_S(lambda_S, self.objective.regularisable, telemetry)
+        self.hparams["lambda_S"] = lambda_S  # what the run used, also when defaulted
         kcs, self.ponder = KCSLoss(lambda_K, lambda_C, lambda_S), PonderCost(ponder_weight)
         bits_predicted = self.objective.bit_predictions
         check_kcs_options(

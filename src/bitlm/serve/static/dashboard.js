@@ -113,37 +113,66 @@ async function loadConfig() {
   }
 }
 
+// server-sent events of a streamed /generate: calls onEvent(data) for each "data: {…}" event
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      if (event.startsWith("data: ")) onEvent(JSON.parse(event.slice(6)));
+    }
+  }
+}
+
+function describe(body) {
+  const t = body.telemetry || {};
+  const kcs = "K" in t ? ` · K ${t.K.toFixed(3)} C ${t.C_lz76.toFixed(3)} S ${t.S.toFixed(3)}` : "";
+  const gate = body.safe === false ? " · the safety gate flagged this output" : "";
+  return `${body.bytes} bytes in ${body.seconds}s · parity errors ${body.parity_errors}` + kcs + gate;
+}
+
 async function generate(event) {
   event.preventDefault();
   const output = document.getElementById("output");
   const info = document.getElementById("generation-info");
   const button = document.getElementById("generate-button");
+  const prompt = document.getElementById("prompt").value;
   button.disabled = true;
-  output.textContent = "…";
-  info.textContent = "";
+  delete output.dataset.done;
+  output.textContent = prompt;
+  info.textContent = "generating…";
   try {
     const response = await fetch("/generate", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
-        prompt: document.getElementById("prompt").value,
+        prompt,
         max_new_bytes: Number(document.getElementById("max-new-bytes").value),
         temperature: Number(document.getElementById("temperature").value),
         seed: Number(document.getElementById("seed").value),
+        stream: true,
       }),
     });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.error + (body.details ? `: ${body.details.map((d) => `${d.field} ${d.message}`).join("; ")}` : ""));
-    output.textContent = document.getElementById("prompt").value + body.text;
-    const t = body.telemetry || {};
-    const kcs = "K" in t ? ` · K ${t.K.toFixed(3)} C ${t.C_lz76.toFixed(3)} S ${t.S.toFixed(3)}` : "";
-    info.textContent = `${body.bytes} bytes in ${body.seconds}s · parity errors ${body.parity_errors}` +
-      (body.attempts ? ` · safety attempts ${body.attempts}` : "") + kcs;
-    output.dataset.done = "1";
+    if (!response.ok) {
+      const body = await response.json();
+      throw new Error(body.error + (body.details ? `: ${body.details.map((d) => `${d.field} ${d.message}`).join("; ")}` : ""));
+    }
+    await readEvents(response, (data) => {
+      if (data.text !== undefined) output.textContent += data.text;
+      if (data.error) throw new Error(data.error);
+      if (data.done) info.textContent = describe(data);
+    });
   } catch (err) {
     output.textContent = `error: ${err.message}`;
-    output.dataset.done = "1";
   } finally {
+    output.dataset.done = "1";
     button.disabled = false;
   }
 }

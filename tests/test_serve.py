@@ -721,10 +721,14 @@ def test_a_streamed_generation_sends_its_text_in_pieces_then_the_report(client):
     assert stopped[-1]["finish_reason"] == "stop"
 
 
-def test_a_stream_past_its_deadline_ends_with_the_error(tmp_path):
+def test_a_stream_past_its_deadline_or_refused_ends_with_the_error(tmp_path):
     client = TestClient(_app(tmp_path, limits=Limits(timeout_s=0.05)))
     events = _events(client.post("/generate", json={"max_new_bytes": 1000, "stream": True}))
     assert events[-1]["done"] is True and "time limit" in events[-1]["error"]
+    infill = {"max_new_bytes": 4, "suffix": "end", "stream": True}
+    events = _events(client.post("/generate", json=infill))
+    assert events == [{"done": True, "error": events[-1]["error"]}]
+    assert "needs a diffusion model" in events[-1]["error"]
 
 
 def test_a_streamed_sample_is_judged_by_the_safety_gate_at_its_end(tmp_path):

@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from bitlm.core.errors import BitLMError
 from bitlm.generation.causal import CausalBatch, Continuation
 from bitlm.generation.diffusion import Sample
 from bitlm.generation.options import GenerationOptions
@@ -129,6 +130,8 @@ class Engine:
         on_progress: Progress | None = None,
     ) -> Job:
         """Queue a causal generation; it joins the batch at the next step there is room."""
+        if options.suffix:
+            raise BitLMError("infilling (a suffix) needs a diffusion model and mode=diffusion")
         job = Job(prompt, max_new_bytes, options)
         job.on_progress = on_progress
         with self.wake:

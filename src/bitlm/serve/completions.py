@@ -15,17 +15,37 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any, Protocol
 
 from fastapi import FastAPI, HTTPException
 from starlette.responses import StreamingResponse
 
+from bitlm.generation import GenerationOptions
+from bitlm.model import BitModel
 from bitlm.serve.events import event_stream, guarded, sse
 from bitlm.serve.schemas import CompletionRequest
+from bitlm.serve.settings import Settings
 
-if TYPE_CHECKING:
-    from bitlm.serve.app import Server
+
+class Server(Protocol):
+    """What these routes use of ``bitlm.serve.app.Server`` (which imports this module)."""
+
+    settings: Settings
+    model: BitModel | None
+    started: float
+
+    def served_model(self) -> BitModel: ...
+
+    def admitted(self, requests: int = 1) -> AbstractContextManager[float]: ...
+
+    async def generate_text(
+        self, model: BitModel, prompt: bytes, max_new_bytes: int, options: GenerationOptions
+    ) -> dict[str, Any]: ...
+
+    def follow(
+        self, model: BitModel, prompt: bytes, max_new_bytes: int, options: GenerationOptions
+    ) -> AsyncIterator[str | dict[str, Any]]: ...
 
 
 def add_completion_routes(app: FastAPI, server: Server) -> None:

@@ -82,6 +82,8 @@ def test_whole_frame_and_bit_by_bit_sampling_give_the_same_greedy_text():
             batch.step()
         texts.append(bytes(continuation.output))
     assert texts[0] == texts[1] and len(texts[0]) == 24
+    with pytest.raises(ValueError, match="local_decoder=tree"):
+        CausalBatch(tiny_model("transformer"), whole_frame=True)
 
 
 @pytest.mark.parametrize("kind", TRUNKS)

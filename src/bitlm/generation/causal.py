@@ -26,7 +26,6 @@ cache is benchmarked against): the same windows, so the same text up to float ro
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor
 
 from bitlm.core.bits import DATA_BITS, FRAME_BITS, FRAME_TABLE, bytes_to_bits
-from bitlm.core.errors import TimeLimitExceeded
+from bitlm.core.errors import TimeLimitExceeded, check_deadline
 from bitlm.generation.draws import (
     RowRandom,
     bit_distribution,
@@ -151,12 +150,15 @@ class _FrameRows(_Rows):
     """Hierarchical trunk: a symbol is a byte (its frame); ``state`` is the global head's
     output (B, context_size) for the next frame. ``whole_frame`` (default: for the tree
     decoder) draws the byte from its 256-way distribution at once, else bit by bit through the
-    in-frame decoder (the same distribution; a test compares them)."""
+    in-frame decoder (the same distribution; a test compares them). Only the tree decoder's
+    node logits define the byte's distribution at once."""
 
     def __init__(self, model: HierarchicalBitLM, kv_cache: bool, whole_frame: bool | None) -> None:
         super().__init__(model, kv_cache)
         tree = isinstance(model.local, TreeDecoder)
-        self.whole_frame = tree if whole_frame is None else whole_frame and tree
+        if whole_frame and not tree:
+            raise ValueError("whole-frame draws need model.local_decoder=tree")
+        self.whole_frame = tree if whole_frame is None else whole_frame
         self.draws = 1 if self.whole_frame else DATA_BITS
         self.table = FRAME_TABLE.to(self.device).long()
 
@@ -261,13 +263,11 @@ class CausalBatch:
     def step(self) -> list[Continuation]:
         """One byte for every running continuation; returns those that finished (or ran past
         their deadline: ``error`` is then ``TimeLimitExceeded``), which leave the batch."""
-        now = time.monotonic()
         for c in self.running:
-            if c.options.deadline is not None and now > c.options.deadline:
-                c.error = TimeLimitExceeded(
-                    "generation ran past its time limit; ask for fewer bytes"
-                )
-                c.done = True
+            try:
+                check_deadline(c.options.deadline)
+            except TimeLimitExceeded as err:
+                c.error, c.done = err, True
         expired = self._leave()
         if not self.running:
             return expired

@@ -3,8 +3,9 @@ is named, defaulted and checked in one place instead of being threaded keyword b
 through ``generate_bits``, ``sample``, ``safe_sample_with_retry`` and ``generate_text``.
 
 A sample is a function of the model, the prompt, ``max_new_bytes`` and these options: the
-random draws come from a generator seeded with ``seed`` on the model's device, so the same
-options give the same bits.
+random draws come from generators seeded with ``seed`` (causal: the sequence's own CPU stream,
+``draws.RowRandom``; diffusion: ``generator`` on the model's device), so the same options give
+the same bits, whichever sequences are decoded beside them.
 """
 
 from __future__ import annotations
